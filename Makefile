@@ -1,0 +1,33 @@
+# tsa-training: every command a user or CI runs. Python comes from .venv (made on first use).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint schema clean
+
+install: $(STAMP)
+
+# torch is pinned and installed first so nothing can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/tsa validate hyperparameters/smoke.json
+
+test: install
+	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check code tests local_mode bench
+	$(BIN)/hadolint Dockerfile
+
+schema: install
+	$(BIN)/tsa schema > hyperparameters/schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""The `tsa` console command (also `python -m tsa`).
+
+    tsa train                      # the SageMaker job (docker run IMAGE train)
+    tsa validate [JOB_DIR | FILE]  # validate a job folder or a hyperparameters file; print the config
+    tsa schema                     # JSON schema of the hyperparameters
+
+Never named `train`: sagemaker-training installs a console script of that name, and SageMaker
+starts the image as `docker run IMAGE train`, so `train` is our first argument instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tsa import config as config_module
+from tsa.contract import JobPaths, check_wire_limits, read_channels, read_json_file
+from tsa.entrypoint import load_job_config, main_train
+from tsa.errors import JobError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsa", description="Temporal Self-Attention training container.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run the training job under /opt/ml (or $SAGEMAKER_BASE_DIR)")
+    train.add_argument("--base-dir", type=Path, help="job folder instead of /opt/ml / $SAGEMAKER_BASE_DIR")
+    train.set_defaults(handler=_cmd_train)
+
+    validate = commands.add_parser("validate", help="validate a job folder or a hyperparameters JSON file")
+    validate.add_argument("target", nargs="?", type=Path, help="job folder (with input/config) or JSON file")
+    validate.set_defaults(handler=_cmd_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON schema of the hyperparameters")
+    schema.set_defaults(handler=_cmd_schema)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return main_train(args.base_dir)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    target: Path | None = args.target
+    try:
+        if target is not None and target.is_file():
+            raw = read_json_file(target, required=True)
+            if not isinstance(raw, dict):
+                raise JobError(f"file '{target}' holds a {type(raw).__name__}: expected a JSON object")
+            check_wire_limits(raw)
+            config = config_module.JobConfig.from_hyperparameters(raw)
+        else:
+            paths = JobPaths.from_root(target)
+            config = load_job_config(paths)
+            read_channels(paths)
+    except JobError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(config.resolved(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_module.json_schema(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The job's error policy (`tsa.entrypoint`): bad input -> exit 2 and a failure file that says why.
+
+Run: .venv/bin/pytest tests/unit/test_entrypoint.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import write_job
+from tsa.contract import JobPaths
+from tsa.entrypoint import main_train, run_guarded
+
+GOOD = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120", "dim_embedding_table": "8"}
+
+
+def _case(hp: Any = None, **kwargs: Any) -> dict[str, Any]:
+    return {"hyperparameters": GOOD if hp is None else hp, **kwargs}
+
+
+# (case id, job description, text the failure file's first line must contain)
+BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
+    ("malformed_json", _case('{"n_cat_features": "40",'), "hyperparameters.json' is not valid JSON"),
+    ("not_an_object", _case('["n_cat_features"]'), "expected a JSON object"),
+    ("unknown_key", _case({**GOOD, "foo_bar": "1"}), "'foo_bar' is not known"),
+    ("typo_suggests", _case({**GOOD, "n_layer_order": "6"}), "did you mean 'n_layers_order'"),
+    ("wrong_type", _case({**GOOD, "n_layers_order": "six"}), "'n_layers_order' = 'six': expected an integer >= 1"),
+    ("out_of_range", _case({**GOOD, "dropout": "1.5"}), "'dropout' = '1.5'"),
+    ("zero_batch", _case({**GOOD, "batch_size": "0"}), "'batch_size' = '0'"),
+    ("bool_prose", _case({**GOOD, "use_time_seq": "yes please"}), "'use_time_seq' = 'yes please'"),
+    ("missing_required", _case({"n_num_features": "33", "n_embedding": "120"}), "'n_cat_features' is required"),
+    ("inconsistent_heads", _case({**GOOD, "num_heads": "3"}), "'num_heads' = 3: must divide dim_embedding_table"),
+    ("use_mlp", _case({**GOOD, "use_mlp": "1"}), "'use_mlp' = true is not supported"),
+    ("bad_loss_name", _case({**GOOD, "loss": "MSELoss"}), "'loss' = 'MSELoss'"),
+    ("crashing_loss_without_fix", _case({**GOOD, "loss": "BCEWithLogitsLoss"}), "'loss' = 'BCEWithLogitsLoss'"),
+    ("small_vocabulary", _case({**GOOD, "n_embedding": "20"}), "'n_embedding' = 20: must exceed n_num_features"),
+    ("multiclass", _case({**GOOD, "n_classes": "3"}), "'n_classes' = 3"),
+    ("bad_modelname", _case({**GOOD, "modelname": "Transformer"}), "'modelname' = 'Transformer'"),
+    ("selectors_disagree", _case({**GOOD, "modelname": "OrderFeature", "num_seq": "2"}), "disagree on the model"),
+    ("bad_precision", _case({**GOOD, "precision": "fp8"}), "'precision' = 'fp8'"),
+    ("amp_vs_precision", _case({**GOOD, "use_amp": "1", "precision": "32"}), "use_amp=1"),
+    ("legacy_load_model", _case({**GOOD, "load_model": "1"}), "'load_model' = '1' is not supported"),
+    ("oversized_value", _case({**GOOD, "test_name": "x" * 2600}), "'test_name'"),
+    ("too_many_keys", _case({**GOOD, **{f"k{i}": "1" for i in range(100)}}), "104 keys"),
+    ("config_file_missing", _case({**GOOD, "config_file": "train/nope.json"}), "'config_file' = 'train/nope.json'"),
+    ("config_file_escapes", _case({**GOOD, "config_file": "../../config/x.json"}), "must name a file inside"),
+    ("pipe_mode", _case(inputdataconfig={"train": {"TrainingInputMode": "Pipe"}}), "'Pipe' is not supported"),
+    ("missing_train_channel", _case(channels=("validation",)), "channel 'train' is missing"),
+    ("duplicate_channel_alias", _case(channels=("train", "val", "vali")), "both name the validation channel"),
+    ("bad_inputdataconfig", _case(inputdataconfig="{"), "inputdataconfig.json' is not valid JSON"),
+    ("current_host_not_in_hosts", _case(resourceconfig={"current_host": "algo-3", "hosts": ["algo-1"]}),
+     "'current_host' = 'algo-3'"),
+]
+
+
+def _write(tmp_path: Path, case: dict[str, Any]) -> Path:
+    idc = case.get("inputdataconfig")
+    root = write_job(tmp_path / "opt_ml", case["hyperparameters"], channels=case.get("channels", ("train",)),
+                     inputdataconfig=None if isinstance(idc, str) else idc,
+                     resourceconfig=case.get("resourceconfig"))
+    if isinstance(idc, str):
+        (root / "input/config/inputdataconfig.json").write_text(idc)
+    return root
+
+
+def test_bad_input_table_has_at_least_twenty_cases() -> None:
+    assert len(BAD_INPUTS) >= 20
+
+
+@pytest.mark.parametrize(("case", "expected"), [(c, e) for _, c, e in BAD_INPUTS], ids=[i for i, _, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_a_clear_failure_file(tmp_path: Path, case: dict[str, Any], expected: str) -> None:
+    root = _write(tmp_path, case)
+    assert main_train(root) == 2
+    failure = (root / "output/failure").read_text()
+    first_line = failure.splitlines()[0]
+    assert expected in first_line
+    assert "Traceback" not in failure
+    assert len(failure) <= 1024 + 1
+    assert not any((root / "model").glob("*")), "no model artifacts after a user error"
+
+
+def test_internal_error_exits_1_and_says_it_is_a_bug(tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path)
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    assert run_guarded(paths, broken) == 1
+    assert paths.failure_file.read_text().startswith("internal error (RuntimeError: boom)")
+
+
+def test_existing_failure_file_is_not_overwritten(tmp_path: Path) -> None:
+    paths = JobPaths(tmp_path)
+    paths.output_dir.mkdir(parents=True)
+    paths.failure_file.write_text("rank 1: data file x is corrupt\n")
+
+    def broken() -> None:
+        raise RuntimeError("worker exited with code 2")
+
+    run_guarded(paths, broken)
+    assert paths.failure_file.read_text() == "rank 1: data file x is corrupt\n"
+
+
+def test_cli_process_exit_code_and_stderr_traceback(tmp_path: Path) -> None:
+    root = write_job(tmp_path / "opt_ml", {**GOOD, "dropout": "2"})
+    proc = subprocess.run([sys.executable, "-m", "tsa", "train"], env={"SAGEMAKER_BASE_DIR": str(root), "PATH": ""},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr
+    assert (root / "output/failure").read_text().startswith("hyperparameter 'dropout' = '2'")
+
+
+def test_validate_prints_resolved_config_for_a_file(tmp_path: Path) -> None:
+    file = tmp_path / "hp.json"
+    file.write_text(json.dumps(GOOD))
+    proc = subprocess.run([sys.executable, "-m", "tsa", "validate", str(file)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"]["n_cat_features"] == 40
+
+
+def test_validate_rejects_a_bad_file_with_exit_2(tmp_path: Path) -> None:
+    file = tmp_path / "hp.json"
+    file.write_text(json.dumps({**GOOD, "num_heads": "3"}))
+    proc = subprocess.run([sys.executable, "-m", "tsa", "validate", str(file)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "'num_heads' = 3" in proc.stderr
