@@ -3,6 +3,8 @@
     tsa train                      # the SageMaker job (docker run IMAGE train)
     tsa validate [JOB_DIR | FILE]  # validate a job folder or a hyperparameters file; print the config
     tsa schema                     # JSON schema of the hyperparameters
+    tsa legacy import W.pt --hyperparameters HP.json --output-dir DIR   # legacy weights -> ours
+    tsa legacy export DIR --output W.pt                                 # ours -> legacy keys
 
 Never named `train`: sagemaker-training installs a console script of that name, and SageMaker
 starts the image as `docker run IMAGE train`, so `train` is our first argument instead.
@@ -36,6 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON schema of the hyperparameters")
     schema.set_defaults(handler=_cmd_schema)
+
+    legacy = commands.add_parser("legacy", help="legacy-keyed weights in and out")
+    legacy_commands = legacy.add_subparsers(dest="legacy_command", required=True)
+    imp = legacy_commands.add_parser("import", help="legacy .pt -> model.safetensors + config.json")
+    imp.add_argument("weights", type=Path, help="legacy state dict or checkpoint (.pt)")
+    imp.add_argument("--hyperparameters", type=Path, required=True, help="hyperparameters JSON of that model")
+    imp.add_argument("--output-dir", type=Path, required=True)
+    imp.set_defaults(handler=_cmd_legacy_import)
+    exp = legacy_commands.add_parser("export", help="model.safetensors + config.json -> legacy-keyed .pt")
+    exp.add_argument("weights_dir", type=Path, help="folder with model.safetensors and config.json")
+    exp.add_argument("--output", type=Path, required=True)
+    exp.set_defaults(handler=_cmd_legacy_export)
     return parser
 
 
@@ -47,11 +61,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     target: Path | None = args.target
     try:
         if target is not None and target.is_file():
-            raw = read_json_file(target, required=True)
-            if not isinstance(raw, dict):
-                raise JobError(f"file '{target}' holds a {type(raw).__name__}: expected a JSON object")
-            check_wire_limits(raw)
-            config = config_module.JobConfig.from_hyperparameters(raw)
+            config = _read_config_file(target)
         else:
             paths = JobPaths.from_root(target)
             config = load_job_config(paths)
@@ -65,6 +75,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(config_module.json_schema(), indent=2))
+    return 0
+
+
+def _read_config_file(path: Path) -> config_module.JobConfig:
+    raw = read_json_file(path, required=True)
+    if not isinstance(raw, dict):
+        raise JobError(f"file '{path}' holds a {type(raw).__name__}: expected a JSON object")
+    check_wire_limits(raw)
+    return config_module.JobConfig.from_hyperparameters(raw)
+
+
+def _cmd_legacy_import(args: argparse.Namespace) -> int:
+    from tsa.legacy import import_legacy
+
+    try:
+        import_legacy(args.weights, _read_config_file(args.hyperparameters), args.output_dir)
+    except JobError as exc:
+        print(f"legacy import failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output_dir}")
+    return 0
+
+
+def _cmd_legacy_export(args: argparse.Namespace) -> int:
+    from tsa.legacy import export_legacy
+
+    try:
+        export_legacy(args.weights_dir, args.output)
+    except JobError as exc:
+        print(f"legacy export failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -123,7 +123,7 @@ class TrainConfig(_Section):
     loss: LegacyLoss = Field("CrossEntropyLoss", description="Training criterion (legacy set_loss names).")
     loss_gamma: float = Field(2.0, description="FocalLoss gamma.", ge=0)
     loss_alpha: float = Field(0.25, description="FocalLoss alpha (a plain multiplier).", ge=0)
-    loss_reduction: Literal["mean", "sum", "none"] = Field(
+    loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="FocalLoss reduction (and, with fix_loss_reduction, every loss's reduction)."
     )
     cyclical_factor: float = Field(2.0, description="Cyclical_FocalLoss factor.", gt=0)

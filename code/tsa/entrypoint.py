@@ -69,7 +69,7 @@ def run_guarded(paths: JobPaths, job: Callable[[], None]) -> int:
     """Run `job`, map its exception to an exit code, and record the cause."""
     try:
         job()
-    except (JobError, Exception) as exc:  # noqa: BLE001 - the one place that maps every error
+    except (JobError, Exception) as exc:
         traceback.print_exc(file=sys.stderr)
         log.error("job failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         write_failure(paths, exc)

@@ -1,0 +1,165 @@
+"""Legacy interop: legacy constructor arguments and legacy-keyed weights, in and out.
+
+    tsa legacy import isSmall_0_OrderFeature.pt --hyperparameters hp.json --output-dir weights/
+    tsa legacy export weights/ --output isSmall_0_OrderFeature.pt
+
+The models' attribute names *are* the legacy state-dict keys, so weights map key by key; what
+this module adds is the file handling around that: DDP `module.` prefixes and checkpoint dicts
+(`{"model": ...}`) on the way in, shape checks with a clear message, the shared-table alias
+keys (Q16: one tensor under `embedding.weight`, `order_attention.embedding.weight`, ...) on
+the way out, and the project's de-duplicated keys for safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from tsa.config import JobConfig, ModelConfig
+from tsa.errors import CheckpointError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+LEGACY_MODELNAMES = {
+    "OrderFeatureAttentionClassifier": "single",
+    "TwoSeqMoEOrderFeatureAttentionClassifier": "dual",
+}
+_LEGACY_MODEL_KWARGS = (
+    "n_cat_features", "n_num_features", "n_classes", "n_embedding", "seq_len", "n_engineered_num_features",
+    "dim_embedding_table", "dim_attn_feedforward", "use_mlp", "num_heads", "dropout", "n_layers_order",
+    "n_layers_feature", "emb_tbl_use_bias", "use_moe", "num_experts", "use_time_seq",
+)
+
+
+def model_config_from_legacy_kwargs(kwargs: Mapping[str, Any], model_type: str) -> ModelConfig:
+    """The `ModelConfig` of a legacy classifier's constructor keyword arguments."""
+    if kwargs.get("return_seq"):
+        raise CheckpointError("legacy return_seq=True cannot work in the classifiers (quirk Q32): use False")
+    if kwargs.get("use_mlp"):
+        raise CheckpointError("legacy use_mlp=1 never ran (MLPBlock undefined, quirk Q15): use 0")
+    values = {key: kwargs[key] for key in _LEGACY_MODEL_KWARGS if key in kwargs}
+    return ModelConfig(model_type=model_type, **values)  # type: ignore[arg-type]
+
+
+def unwrap_legacy_checkpoint(obj: Any) -> dict[str, Tensor]:
+    """A plain state dict from a legacy file: bare, DDP-prefixed, or a `{"model": ...}` checkpoint."""
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError("legacy weight file: expected a state dict of tensors (or a checkpoint with 'model')")
+    return {key.removeprefix("module."): value for key, value in obj.items()}
+
+
+def alias_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Canonical key -> every state-dict key that names the same tensor (shared tables, Q16)."""
+    groups: dict[str, list[str]] = {}
+    by_tensor: dict[int, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        canonical = by_tensor.setdefault(id(tensor), key)
+        groups.setdefault(canonical, []).append(key)
+    return groups
+
+
+def load_legacy_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load legacy-keyed weights (aliases optional) with key and shape checks."""
+    groups = alias_groups(model)
+    expected = model.state_dict()
+    known = {alias for aliases in groups.values() for alias in aliases}
+    unexpected = sorted(set(state) - known)
+    missing = sorted(canonical for canonical, aliases in groups.items() if not any(a in state for a in aliases))
+    if unexpected or missing:
+        raise CheckpointError(
+            f"legacy weights do not fit this model config: {len(missing)} missing key(s) {missing[:5]}, "
+            f"{len(unexpected)} unexpected key(s) {unexpected[:5]}; check model_type and the architecture "
+            "hyperparameters against the legacy job's"
+        )
+    canonical_state: dict[str, Tensor] = {}
+    for canonical, aliases in groups.items():
+        present = [a for a in aliases if a in state]
+        first = state[present[0]]
+        for alias in present[1:]:
+            if not torch.equal(state[alias], first):
+                raise CheckpointError(f"legacy weights: '{alias}' differs from '{present[0]}' (they share one table)")
+        if first.shape != expected[canonical].shape:
+            raise CheckpointError(
+                f"legacy weight '{present[0]}' has shape {tuple(first.shape)}: this model config needs "
+                f"{tuple(expected[canonical].shape)}; check the architecture hyperparameters"
+            )
+        for alias in aliases:
+            canonical_state[alias] = first
+    model.load_state_dict(canonical_state, strict=True)
+
+
+def legacy_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Weights under every legacy key, aliases sharing storage as in legacy `state_dict()` files."""
+    return dict(model.state_dict())
+
+
+def project_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Weights under the project keys: each tensor once, under its first (canonical) name."""
+    state = model.state_dict()
+    return {canonical: state[canonical].detach().contiguous() for canonical in alias_groups(model)}
+
+
+def load_project_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load project-keyed weights (the inverse of `project_state_dict`)."""
+    groups = alias_groups(model)
+    full = {alias: state[canonical] for canonical, aliases in groups.items() if canonical in state for alias in aliases}
+    missing = sorted(set(groups) - set(state))
+    unexpected = sorted(set(state) - set(groups))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit this model config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(full, strict=True)
+
+
+def save_weights(model: nn.Module, config: JobConfig, directory: Path) -> None:
+    """`model.safetensors` (project keys) and `config.json` (the resolved config) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(project_state_dict(model), str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config.resolved(), indent=2, sort_keys=True) + "\n")
+
+
+def read_saved_config(directory: Path) -> JobConfig:
+    """The `JobConfig` stored beside saved weights."""
+    data = json.loads((directory / CONFIG_FILE).read_text())
+    flat = {key: value for section in data.values() for key, value in section.items()}
+    return JobConfig.from_hyperparameters(flat)
+
+
+def load_weights(directory: Path) -> tuple[nn.Module, JobConfig]:
+    """Rebuild the model saved by `save_weights` (eval mode)."""
+    from tsa.models import build_model
+
+    config = read_saved_config(directory)
+    model = build_model(config.model)
+    load_project_state_dict(model, load_file(str(directory / WEIGHTS_FILE)))
+    return model.eval(), config
+
+
+def import_legacy(weight_file: Path, config: JobConfig, output_dir: Path) -> nn.Module:
+    """Legacy `.pt` -> `model.safetensors` + `config.json` in `output_dir`."""
+    from tsa.models import build_model
+
+    try:
+        obj = torch.load(weight_file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"legacy weight file '{weight_file}' cannot be read: {exc}") from exc
+    model = build_model(config.model)
+    load_legacy_state_dict(model, unwrap_legacy_checkpoint(obj))
+    save_weights(model, config, output_dir)
+    return model
+
+
+def export_legacy(weights_dir: Path, output_file: Path) -> None:
+    """`model.safetensors` + `config.json` -> a legacy-keyed `.pt` (aliases included)."""
+    model, _ = load_weights(weights_dir)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(legacy_state_dict(model), output_file)

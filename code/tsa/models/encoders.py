@@ -1,0 +1,179 @@
+"""The two encoders of a TSA model: order attention (over the history) and feature attention.
+
+Both read one shared embedding table of `n_embedding + 2` rows: row 0 is padding/unknown,
+rows 1..n_embedding-nn the categorical values, then one row per numerical feature, whose
+vector is scaled by the feature's value (spec §2.1, §3.8-3.9).
+
+Differences from legacy: none by default. Quirks kept on purpose: the dummy token is appended
+*after* the current order with time 0; `emb_tbl_bias` of the order attention and the
+feature attention's `layer_norm` are never used (Q11, kept for state-dict compatibility); the
+feature attention's summary token is the padding row of `embedding_engineered` (Q10), so it is
+looked up through the `padding_idx=0` embedding and never receives gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tsa.models.attention import AttentionLayer, AttentionLayerPreNorm
+from tsa.models.blocks import FeatureAggregation
+from tsa.models.moe import SecondPolicy
+
+
+def numerical_feature_ids(n_embedding: int, n_num_features: int, device: torch.device) -> Tensor:
+    """Table rows of the numerical features: n_embedding-nn+1 .. n_embedding."""
+    return torch.arange(n_embedding - n_num_features + 1, n_embedding + 1, device=device)
+
+
+def embed_numerical(embedding: nn.Embedding, ids: Tensor, x_num: Tensor) -> Tensor:
+    """Each numerical feature's table row times its value: x_num (..., nn) -> (..., nn, d)."""
+    rows = F.embedding(ids, embedding.weight, embedding.padding_idx)  # (nn, d)
+    return rows * x_num.unsqueeze(-1)
+
+
+class OrderAttentionLayer(nn.Module):
+    """Aggregate each order row, append a learned dummy token, run post-norm temporal attention.
+
+    Input ids `x_cat (B, L, nc)` (float ids, as legacy), `x_num (B, L, nn)`, `time_seq (B, L, 1)`
+    or None, `key_padding_mask (B, L+1)` (True = padded; last column = dummy, always False).
+    Output: the dummy position `(B, E)`, or the whole `(B, L+1, E)` when `return_seq`.
+    """
+
+    def __init__(
+        self,
+        n_cat_features: int,
+        n_num_features: int,
+        n_embedding: int,
+        seq_len: int,
+        dim_embed: int,
+        dim_attn_feedforward: int,
+        embedding_table: nn.Embedding,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        n_layers_order: int = 1,
+        emb_tbl_use_bias: bool = True,
+        use_moe: bool = True,
+        num_experts: int = 5,
+        use_time_seq: bool = True,
+        return_seq: bool = False,
+        moe_eval_policy: SecondPolicy = "random",
+        floor_aggregation_widths: bool = False,
+    ) -> None:
+        super().__init__()
+        self.n_embedding, self.n_num_features = n_embedding, n_num_features
+        self.seq_len = seq_len  # stored, unused, as in legacy
+        self.use_time_seq, self.return_seq = use_time_seq, return_seq
+        # Construction order = legacy global-RNG draw order (spec §4.4).
+        self.dummy_order = nn.Parameter(torch.rand(1, dim_embed))
+        self.embedding = embedding_table
+        self.layer_norm_feature = nn.LayerNorm(dim_embed)
+        self.layer_stack = nn.ModuleList(
+            AttentionLayer(dim_embed, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts,
+                           use_time_seq, moe_eval_policy)
+            for _ in range(n_layers_order)
+        )
+        self.dropout = nn.Dropout(dropout)  # unused (Q11)
+        self.layer_norm = nn.LayerNorm(dim_embed)
+        if emb_tbl_use_bias:
+            self.emb_tbl_bias = nn.Parameter(torch.randn(n_cat_features + n_num_features, dim_embed // 2))  # unused
+        self.feature_aggregation_cat = FeatureAggregation(n_cat_features, floor_aggregation_widths)
+        self.feature_aggregation_num = FeatureAggregation(n_num_features, floor_aggregation_widths)
+
+    def forward(
+        self,
+        x_cat: Tensor,
+        x_num: Tensor,
+        time_seq: Tensor | None,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+    ) -> Tensor:
+        batch = x_cat.shape[0]
+        cat = self.embedding(x_cat.int())  # (B, L, nc, d); ids travel as float32 (Q17)
+        cat = self.feature_aggregation_cat(cat.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
+        ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
+        num = embed_numerical(self.embedding, ids, x_num)  # (B, L, nn, d)
+        num = self.feature_aggregation_num(num.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
+        h = self.layer_norm_feature(torch.cat([cat, num], dim=-1).permute(1, 0, 2))  # (L, B, E)
+        h = torch.cat([h, self.dummy_order.unsqueeze(0).expand(1, batch, -1)], dim=0)  # (S, B, E)
+        h = self.layer_norm(h)
+        time = None
+        if self.use_time_seq:
+            if time_seq is None:
+                raise ValueError("OrderAttentionLayer built with use_time_seq needs time_seq")
+            dummy_time = torch.zeros(batch, 1, 1, dtype=time_seq.dtype, device=time_seq.device)
+            time = torch.cat([time_seq, dummy_time], dim=1).permute(1, 0, 2)  # (S, B, 1)
+        for layer in self.layer_stack:
+            h = layer(h, time, attn_mask, key_padding_mask)
+        h = h.transpose(0, 1)  # (B, S, E)
+        return h if self.return_seq else h[:, -1, :]
+
+
+class FeatureAttentionLayer(nn.Module):
+    """Pre-norm attention over the current order's features plus the engineered features.
+
+    Tokens: nc categorical + nn numerical (+ bias), ne engineered (+ bias), and a summary token
+    (the zero padding row of `embedding_engineered`) whose output is returned `(B, d)`.
+    """
+
+    def __init__(
+        self,
+        n_cat_features: int,
+        n_num_features: int,
+        n_embedding: int,
+        n_engineered_num_features: int,
+        dim_embed: int,
+        dim_attn_feedforward: int,
+        embedding_table: nn.Embedding,
+        embedding_table_engineered: nn.Embedding,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        n_layers_feature: int = 1,
+        emb_tbl_use_bias: bool = True,
+        use_moe: bool = True,
+        num_experts: int = 5,
+        moe_eval_policy: SecondPolicy = "random",
+    ) -> None:
+        super().__init__()
+        dim = dim_embed // 2
+        self.n_embedding, self.n_num_features = n_embedding, n_num_features
+        self.n_engineered = n_engineered_num_features
+        self.embedding = embedding_table
+        self.layer_stack_feature = nn.ModuleList(
+            AttentionLayerPreNorm(dim, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts, moe_eval_policy)
+            for _ in range(n_layers_feature)
+        )
+        self.dropout = nn.Dropout(dropout)  # unused (Q11)
+        self.layer_norm = nn.LayerNorm(dim_embed)  # unused (Q11)
+        self.use_bias = emb_tbl_use_bias
+        if emb_tbl_use_bias:
+            self.emb_tbl_bias = nn.Parameter(torch.randn(n_cat_features + n_num_features, dim))
+        self.embedding_engineered = embedding_table_engineered
+        self.layer_norm_engineered = nn.LayerNorm(dim)
+        if emb_tbl_use_bias and n_engineered_num_features > 0:
+            self.engineered_emb_tbl_bias = nn.Parameter(torch.randn(n_engineered_num_features, dim))
+
+    def forward(self, x_cat: Tensor, x_num: Tensor, x_engineered: Tensor | None) -> Tensor:
+        batch = x_cat.shape[0]
+        cat = self.embedding(x_cat[:, -1].int())  # (B, nc, d): the current order only
+        ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
+        num = embed_numerical(self.embedding, ids, x_num[:, -1])  # (B, nn, d)
+        tokens = torch.cat([cat, num], dim=1)
+        if self.use_bias:
+            tokens = tokens + self.emb_tbl_bias
+        parts = [tokens]
+        if self.n_engineered > 0:
+            if x_engineered is None:
+                raise ValueError(f"FeatureAttentionLayer expects {self.n_engineered} engineered features, got None")
+            eng_ids = torch.arange(1, self.n_engineered + 1, device=x_cat.device)
+            engineered = self.embedding_engineered(eng_ids) * x_engineered.float().unsqueeze(-1)  # (B, ne, d)
+            if self.use_bias:
+                engineered = engineered + self.engineered_emb_tbl_bias
+            parts.append(engineered)
+        summary_ids = torch.zeros(batch, 1, dtype=torch.int32, device=x_cat.device)
+        parts.append(self.embedding_engineered(summary_ids))  # padding row: zero, no gradient (Q10)
+        h = self.layer_norm_engineered(torch.cat(parts, dim=1).permute(1, 0, 2))  # (T, B, d)
+        for layer in self.layer_stack_feature:
+            h = layer(h, None, None)
+        return h.transpose(0, 1)[:, -1, :]

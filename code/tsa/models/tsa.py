@@ -1,0 +1,88 @@
+"""Single-sequence TSA classifier (legacy `OrderFeatureAttentionClassifier`, spec §4.1).
+
+    scores, ensemble = SingleSequenceTSA(cfg.model)(x_cat, x_num, x_engineered, time_seq,
+                                                    attn_mask=None, key_padding_mask=kpm)
+
+Order attention over the history (2d) and feature attention over the current order (d) are
+concatenated (3d) and classified by Linear(3d->1024)-ReLU-Dropout-Linear(1024->n_classes).
+Attribute names are the legacy state-dict keys; the shared table appears under `embedding`,
+`order_attention.embedding` and `feature_attention.embedding` (Q16), exactly as in legacy.
+
+Differences from legacy: none by default; `cfg.fix_*` flags switch on the documented fixes.
+Quirks kept: the unused top-level `layer_norm` and `dropout` (Q11); `use_mlp` is rejected in
+the config (Q15). Construction order is the legacy global-RNG draw order (spec §4.4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tsa.config import ModelConfig
+from tsa.models.encoders import FeatureAttentionLayer, OrderAttentionLayer
+from tsa.models.moe import SecondPolicy
+
+CLASSIFIER_HIDDEN = 1024  # hard-coded in legacy
+
+
+def moe_eval_policy(cfg: ModelConfig) -> SecondPolicy:
+    """Legacy draws random numbers in eval (Q4); the fix makes eval deterministic."""
+    return "threshold" if cfg.fix_moe_eval_deterministic else "random"
+
+
+def build_classifier_head(dim_in: int, n_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(dim_in, CLASSIFIER_HIDDEN), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(CLASSIFIER_HIDDEN, n_classes))
+
+
+def build_order_attention(cfg: ModelConfig, table: nn.Embedding) -> OrderAttentionLayer:
+    """An order-attention encoder with the user's architecture settings."""
+    return OrderAttentionLayer(
+        cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, 2 * cfg.dim_embedding_table,
+        cfg.dim_attn_feedforward, table, cfg.num_heads, cfg.dropout, cfg.n_layers_order, cfg.emb_tbl_use_bias,
+        cfg.use_moe, cfg.num_experts, cfg.use_time_seq, moe_eval_policy=moe_eval_policy(cfg),
+        floor_aggregation_widths=cfg.fix_feature_aggregation_widths,
+    )
+
+
+def build_feature_attention(cfg: ModelConfig, table: nn.Embedding, engineered: nn.Embedding) -> FeatureAttentionLayer:
+    """A feature-attention encoder with the user's architecture settings."""
+    return FeatureAttentionLayer(
+        cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.n_engineered_num_features,
+        2 * cfg.dim_embedding_table, cfg.dim_attn_feedforward, table, engineered, cfg.num_heads, cfg.dropout,
+        cfg.n_layers_feature, cfg.emb_tbl_use_bias, cfg.use_moe, cfg.num_experts,
+        moe_eval_policy=moe_eval_policy(cfg),
+    )
+
+
+class SingleSequenceTSA(nn.Module):
+    """Order + feature attention over one order history; returns `(scores, ensemble)`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dim_embedding_table
+        self.config = cfg
+        self.use_time_seq = cfg.use_time_seq
+        self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
+        self.order_attention = build_order_attention(cfg, self.embedding)
+        self.embedding_engineered = nn.Embedding(cfg.n_engineered_num_features + 1, d, padding_idx=0)
+        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered)
+        self.layer_norm = nn.LayerNorm(2 * d)  # unused in this model (Q11)
+        self.dropout = nn.Dropout(cfg.dropout)  # unused (Q11)
+        self.clf = build_classifier_head(3 * d, cfg.n_classes, cfg.dropout)
+
+    def forward(
+        self,
+        x_cat: Tensor,
+        x_num: Tensor,
+        x_engineered: Tensor | None,
+        time_seq: Tensor | None,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        order = self.order_attention(x_cat, x_num, time_seq if self.use_time_seq else None, attn_mask,
+                                     key_padding_mask)  # (B, 2d)
+        current = self.feature_attention(x_cat, x_num, x_engineered)  # (B, d)
+        ensemble = torch.cat([order, current], dim=-1)  # (B, 3d)
+        return self.clf(ensemble), ensemble
+

@@ -1,0 +1,102 @@
+"""Dual-sequence TSA classifier (legacy `TwoSeqMoEOrderFeatureAttentionClassifier`, spec §4.2).
+
+Two order-attention encoders (customer-id "cid" and credit-card-id "ccid" histories) share one
+table; one small gate network (`gate_emb`, applied to both sequences) and `gate_score` weigh
+them; the feature attention reads the cid sequence's current order.
+
+Differences from legacy (default: none). Quirks kept on purpose:
+- Q1: the ccid gate is zeroed for rows whose ccid key-padding mask has exactly 50 True entries
+  (with 51-row data: "only the current order"). `fix_gate_history_rule` derives the rule from
+  the shape instead (every ccid history row padded).
+- Q2: gates are not renormalised; rows with g_ccid <= 0.05 get a zero ccid vector but keep
+  their weight; the ccid encoder runs on the sub-batch of kept rows (changes MoE capacity and
+  RNG draw shapes); the gate network's sizes are fixed (16/32/128, 1 head, 1 layer, no time).
+- Q34: `key_padding_mask_ccid` is required.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tsa.config import ModelConfig
+from tsa.models.encoders import OrderAttentionLayer
+from tsa.models.tsa import build_classifier_head, build_feature_attention, build_order_attention
+
+GATE_TABLE_DIM = 16
+GATE_EMBED_DIM = 32
+GATE_FEEDFORWARD = 128
+GATE_HIDDEN = 256
+GATE_THRESHOLD = 0.05
+LEGACY_NO_HISTORY_PADDED_ROWS = 50  # quirk Q1: a literal, right only for 51-row data
+
+
+class DualSequenceTSA(nn.Module):
+    """cid + ccid order attention mixed by a learned gate, plus cid feature attention."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.dim_embedding_table
+        self.config = cfg
+        self.use_time_seq = cfg.use_time_seq
+        self.fix_gate_history_rule = cfg.fix_gate_history_rule
+        self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
+        self.order_attention_cid = build_order_attention(cfg, self.embedding)
+        self.order_attention_ccid = build_order_attention(cfg, self.embedding)
+        self.embedding_gate = nn.Embedding(cfg.n_embedding + 2, GATE_TABLE_DIM, padding_idx=0)
+        self.gate_emb = OrderAttentionLayer(
+            cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, GATE_EMBED_DIM, GATE_FEEDFORWARD,
+            self.embedding_gate, 1, cfg.dropout, 1, cfg.emb_tbl_use_bias, use_moe=False, num_experts=1,
+            use_time_seq=False, floor_aggregation_widths=cfg.fix_feature_aggregation_widths,
+        )
+        self.gate_score = nn.Sequential(
+            nn.Linear(2 * GATE_EMBED_DIM, GATE_HIDDEN), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(GATE_HIDDEN, 2),
+            nn.Softmax(dim=1),
+        )
+        self.embedding_engineered = nn.Embedding(cfg.n_engineered_num_features + 1, d, padding_idx=0)
+        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered)
+        self.layer_norm = nn.LayerNorm(2 * d)
+        self.dropout = nn.Dropout(cfg.dropout)  # unused (Q11)
+        self.clf = build_classifier_head(3 * d, cfg.n_classes, cfg.dropout)
+
+    def no_ccid_history(self, key_padding_mask_ccid: Tensor) -> Tensor:
+        """Rows whose ccid gate is forced to 0 (legacy: exactly 50 padded positions, Q1)."""
+        if self.fix_gate_history_rule:
+            return key_padding_mask_ccid[:, :-2].all(dim=1)  # every history row padded
+        return key_padding_mask_ccid.sum(dim=1) == LEGACY_NO_HISTORY_PADDED_ROWS
+
+    def forward(
+        self,
+        x_seq_cat_cid: Tensor,
+        x_seq_num_cid: Tensor,
+        time_seq_cid: Tensor | None,
+        x_seq_cat_ccid: Tensor,
+        x_seq_num_ccid: Tensor,
+        time_seq_ccid: Tensor | None,
+        x_engineered: Tensor | None,
+        attn_mask: Tensor | None = None,
+        key_padding_mask_cid: Tensor | None = None,
+        key_padding_mask_ccid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if key_padding_mask_ccid is None:
+            raise ValueError("DualSequenceTSA needs key_padding_mask_ccid (legacy quirk Q34)")
+        gate_cid = self.gate_emb(x_seq_cat_cid, x_seq_num_cid, time_seq_cid, attn_mask, key_padding_mask_cid)
+        gate_ccid = self.gate_emb(x_seq_cat_ccid, x_seq_num_ccid, time_seq_ccid, attn_mask, key_padding_mask_ccid)
+        gate = self.gate_score(torch.cat([gate_cid, gate_ccid], dim=-1)).clone()  # (B, 2)
+        gate[self.no_ccid_history(key_padding_mask_ccid), 1] = 0  # not renormalised (Q2)
+        keep = torch.nonzero(gate[:, 1] > GATE_THRESHOLD).squeeze(1)
+
+        batch = x_seq_cat_cid.shape[0]
+        width = 2 * self.config.dim_embedding_table
+        order_ccid = torch.zeros(batch, width, dtype=gate.dtype, device=gate.device)
+        t_cid, t_ccid = (time_seq_cid, time_seq_ccid) if self.use_time_seq else (None, None)
+        order_cid = self.order_attention_cid(x_seq_cat_cid, x_seq_num_cid, t_cid, attn_mask, key_padding_mask_cid)
+        if keep.numel() > 0:
+            order_ccid[keep] = self.order_attention_ccid(
+                x_seq_cat_ccid[keep], x_seq_num_ccid[keep], t_ccid[keep] if t_ccid is not None else None,
+                attn_mask, key_padding_mask_ccid[keep],
+            ).to(order_ccid.dtype)  # sub-batch of the kept rows (Q2)
+        current = self.feature_attention(x_seq_cat_cid, x_seq_num_cid, x_engineered)  # cid only
+        order = self.layer_norm(gate[:, 0:1] * order_cid + gate[:, 1:2] * order_ccid)
+        ensemble = torch.cat([order, current], dim=-1)
+        return self.clf(ensemble), ensemble

@@ -1,0 +1,1 @@
+"""Training: the legacy optimisation recipe, metrics and stopping, as a Lightning system."""

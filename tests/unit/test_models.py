@@ -1,0 +1,168 @@
+"""The opt-in fixes of legacy quirks (Q1, Q4, Q9, Q18): off by default, and what each changes.
+
+Run: .venv/bin/pytest tests/unit/test_models.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tsa.config import ModelConfig, TrainConfig
+from tsa.models import build_model, select_loss
+from tsa.models.blocks import FeatureAggregation, aggregation_widths
+
+SMALL = dict(n_cat_features=33, n_num_features=32, n_embedding=100, n_engineered_num_features=2, seq_len=6,
+             dim_embedding_table=4, dim_attn_feedforward=8, num_heads=2, n_layers_order=1, n_layers_feature=1)
+
+
+def batch(cfg: ModelConfig, b: int = 4, padded: list[int] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Single-sequence model inputs with left padding (`padded[i]` padded rows in sample i)."""
+    g = torch.Generator().manual_seed(seed)
+    length = cfg.seq_len
+    padded = padded or [0] * b
+    not_padded = torch.tensor([[0.0] * p + [1.0] * (length - p) for p in padded])
+    x_cat = torch.randint(1, cfg.n_embedding - cfg.n_num_features, (b, length, cfg.n_cat_features), generator=g)
+    x_num = torch.rand(b, length, cfg.n_num_features, generator=g)
+    time = torch.rand(b, length, 1, generator=g) * 1e6 * not_padded.unsqueeze(-1)
+    time[:, -1] = 0
+    kpm = torch.logical_not(F.pad(not_padded, (0, 1), value=1.0).bool())
+    return {"x_cat": (x_cat * not_padded.unsqueeze(-1)).float(), "x_num": x_num * not_padded.unsqueeze(-1),
+            "x_engineered": torch.rand(b, cfg.n_engineered_num_features, generator=g, dtype=torch.float64),
+            "time_seq": time, "attn_mask": None, "key_padding_mask": kpm}
+
+
+def dual_batch(cfg: ModelConfig, ccid_padded: list[int]) -> dict[str, torch.Tensor]:
+    cid = batch(cfg, b=len(ccid_padded), seed=1)
+    ccid = batch(cfg, b=len(ccid_padded), padded=ccid_padded, seed=2)
+    return {"x_seq_cat_cid": cid["x_cat"], "x_seq_num_cid": cid["x_num"], "time_seq_cid": cid["time_seq"],
+            "x_seq_cat_ccid": ccid["x_cat"], "x_seq_num_ccid": ccid["x_num"], "time_seq_ccid": ccid["time_seq"],
+            "x_engineered": cid["x_engineered"], "attn_mask": None, "key_padding_mask_cid": cid["key_padding_mask"],
+            "key_padding_mask_ccid": ccid["key_padding_mask"]}
+
+
+def test_fixes_are_off_by_default() -> None:
+    cfg = ModelConfig(n_cat_features=40, n_num_features=33, n_embedding=120)
+    train = TrainConfig()
+    assert not (cfg.fix_gate_history_rule or cfg.fix_moe_eval_deterministic or cfg.fix_feature_aggregation_widths)
+    assert not (train.fix_loss_selection or train.fix_loss_reduction)
+
+
+@pytest.mark.parametrize(("fix", "forced"), [(False, False), (True, True)])
+def test_q1_gate_history_rule(fix: bool, forced: bool) -> None:
+    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL)
+    model = build_model(cfg).eval()
+    history_rows = cfg.seq_len - 1
+    # row 0: ccid holds only the current order (every history row padded); row 1: full ccid history
+    kpm = dual_batch(cfg, [history_rows, 0])["key_padding_mask_ccid"]
+    assert model.no_ccid_history(kpm).tolist() == [forced, False]
+
+
+def test_q1_legacy_literal_fires_only_on_51_row_data() -> None:
+    cfg = ModelConfig(model_type="dual", use_moe=False, **{**SMALL, "seq_len": 51})
+    model = build_model(cfg)
+    kpm = dual_batch(cfg, [50, 51, 0])["key_padding_mask_ccid"]
+    assert model.no_ccid_history(kpm).tolist() == [True, False, False]  # fully padded (51) is not forced
+
+
+@pytest.mark.parametrize(("fix", "ccid_rows_encoded"), [(False, 2), (True, 0)])
+def test_q1_fix_skips_the_ccid_encoder_for_rows_without_history(fix: bool, ccid_rows_encoded: int) -> None:
+    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    seen: list[int] = []
+    model.order_attention_ccid.register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        model(**dual_batch(cfg, [cfg.seq_len - 1, cfg.seq_len - 1]))
+    assert sum(seen) == ccid_rows_encoded
+
+
+def _moe_model(fix: bool) -> torch.nn.Module:
+    cfg = ModelConfig(use_moe=True, num_experts=3, fix_moe_eval_deterministic=fix, **SMALL)
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_q4_legacy_eval_consumes_randomness() -> None:
+    model = _moe_model(fix=False)
+    inputs = batch(model.config)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        model(**inputs)
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_q4_fix_makes_eval_deterministic_and_rng_free() -> None:
+    model = _moe_model(fix=True)
+    inputs = batch(model.config)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        first = model(**inputs)[0]
+        torch.manual_seed(123)
+        second = model(**inputs)[0]
+    torch.manual_seed(0)
+    assert torch.equal(first, second)
+    torch.set_rng_state(state)
+    with torch.no_grad():
+        model(**inputs)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_q9_widths_by_hand() -> None:
+    assert aggregation_widths(20) == [20, 10, 5, 2, 1, 0, 1]
+    assert aggregation_widths(20, floor_widths=True) == [20, 10, 5, 2, 1, 1, 1]
+    assert aggregation_widths(64) == [64, 32, 16, 8, 4, 2, 1]
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize(("fix", "uses_input"), [(False, False), (True, True)])
+def test_q9_degenerate_aggregation_ignores_its_input_unless_fixed(fix: bool, uses_input: bool) -> None:
+    torch.manual_seed(0)
+    block = FeatureAggregation(20, floor_widths=fix)
+    x = torch.randn(3, 20)
+    assert (not torch.equal(block(x), block(x + 1.0))) is uses_input
+
+
+def test_q18_legacy_bce_and_cyclical_crash_as_in_legacy() -> None:
+    scores, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    with pytest.raises(ValueError):
+        select_loss(TrainConfig(loss="BCEWithLogitsLoss"))(scores, y, epoch=0, training=True)
+    cyclical = select_loss(TrainConfig(loss="Cyclical_FocalLoss"))
+    cyclical(scores, y, epoch=0, training=True)
+    with pytest.raises(TypeError):
+        cyclical(scores, y, epoch=0, training=False)
+
+
+def test_q18_fixed_bce_uses_one_hot_targets() -> None:
+    scores, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    loss = select_loss(TrainConfig(loss="BCEWithLogitsLoss", fix_loss_selection=True))(scores, y, 0, True)
+    p = torch.sigmoid(scores)
+    target = torch.stack([1 - y, y], dim=1).float()
+    by_hand = -(target * p.log() + (1 - target) * (1 - p).log()).sum()
+    torch.testing.assert_close(loss, by_hand)
+
+
+def test_q18_fixed_cyclical_gets_the_epoch_in_validation() -> None:
+    scores, y = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
+    loss = select_loss(TrainConfig(loss="Cyclical_FocalLoss", fix_loss_selection=True, max_epoch=10))
+    torch.testing.assert_close(loss(scores, y, epoch=3, training=False), loss(scores, y, epoch=3, training=True))
+
+
+def test_q18_mean_reduction_is_opt_in() -> None:
+    scores, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    summed = select_loss(TrainConfig())(scores, y, 0, True)
+    mean = select_loss(TrainConfig(fix_loss_reduction=True, loss_reduction="mean"))(scores, y, 0, True)
+    by_hand = -torch.log_softmax(scores, dim=1)[torch.arange(8), y]
+    torch.testing.assert_close(summed, by_hand.sum())
+    torch.testing.assert_close(mean, by_hand.mean())
+
+
+@pytest.mark.parametrize("model_type", ["single", "dual"])
+def test_models_build_from_config_and_return_scores_and_ensemble(model_type: str) -> None:
+    cfg = ModelConfig(model_type=model_type, **SMALL)
+    model = build_model(cfg).eval()
+    inputs = batch(cfg) if model_type == "single" else dual_batch(cfg, [0, 1, 5, 2])
+    with torch.no_grad():
+        scores, ensemble = model(**inputs)
+    assert scores.shape == (4, 2) and ensemble.shape == (4, 3 * cfg.dim_embedding_table)
