@@ -5,6 +5,8 @@
     tsa schema                     # JSON schema of the hyperparameters
     tsa legacy import W.pt --hyperparameters HP.json --output-dir DIR   # legacy weights -> ours
     tsa legacy export DIR --output W.pt                                 # ours -> legacy keys
+    tsa data synth --hyperparameters HP.json --output DIR [--format npy|parquet]
+    tsa data convert SRC DST --to parquet|npy
 
 Never named `train`: sagemaker-training installs a console script of that name, and SageMaker
 starts the image as `docker run IMAGE train`, so `train` is our first argument instead.
@@ -17,6 +19,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from tsa import config as config_module
 from tsa.contract import JobPaths, check_wire_limits, read_channels, read_json_file
@@ -50,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("weights_dir", type=Path, help="folder with model.safetensors and config.json")
     exp.add_argument("--output", type=Path, required=True)
     exp.set_defaults(handler=_cmd_legacy_export)
+
+    data = commands.add_parser("data", help="synthetic data and format conversion")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="write a synthetic dataset with a planted temporal signal")
+    synth.add_argument("--hyperparameters", type=Path, required=True, help="hyperparameters JSON (shapes)")
+    synth.add_argument("--output", type=Path, required=True, help="folder that gets one subfolder per channel")
+    synth.add_argument("--format", choices=["npy", "parquet"], default="npy")
+    synth.add_argument("--rows", default="train=4000,validation=1000,calibration=1000",
+                       help="rows per channel, e.g. train=4000,validation=1000,calibration=1000,test=1000")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_cmd_data_synth)
+    convert = data_commands.add_parser("convert", help="convert a channel folder between npy and Parquet")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("target", type=Path)
+    convert.add_argument("--to", choices=["npy", "parquet"], required=True)
+    convert.add_argument("--data-version", default=None, help="npy file suffix (default: the one present / v0)")
+    convert.add_argument("--split", default=None, help="npy file prefix (default: the one present / target name)")
+    convert.add_argument("--row-group-rows", type=int, default=None)
+    convert.add_argument("--compression", default="none", help="Parquet codec: none, snappy, zstd, ...")
+    convert.set_defaults(handler=_cmd_data_convert)
     return parser
 
 
@@ -107,6 +131,43 @@ def _cmd_legacy_export(args: argparse.Namespace) -> int:
         print(f"legacy export failed: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from tsa.data.convert import write_npy_channel, write_parquet_channel
+    from tsa.data.synth import generate
+
+    try:
+        config = _read_config_file(args.hyperparameters)
+        rows = dict(item.split("=") for item in args.rows.split(","))
+        for index, (channel, count) in enumerate(rows.items()):
+            arrays = generate(config.model, int(count), seed=args.seed + index)
+            folder = args.output / channel
+            if args.format == "npy":
+                write_npy_channel(folder, channel, config.data.data_version, arrays)
+            else:
+                write_parquet_channel(folder, arrays, ids=np.arange(int(count)).astype(str))
+            print(f"wrote {folder} ({count} examples, {args.format})")
+    except (JobError, ValueError) as exc:
+        print(f"data synth failed: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from tsa.data.convert import npy_to_parquet, parquet_to_npy
+
+    try:
+        if args.to == "parquet":
+            npy_to_parquet(args.source, args.target, args.data_version, args.split, args.row_group_rows,
+                           args.compression)
+        else:
+            parquet_to_npy(args.source, args.target, args.split or args.target.name, args.data_version or "v0")
+    except JobError as exc:
+        print(f"data convert failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.target}")
     return 0
 
 

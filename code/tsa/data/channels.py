@@ -1,0 +1,46 @@
+"""Open a SageMaker channel as a channel source (legacy `.npy` or Parquet).
+
+A channel source offers: `names`, `num_rows`, `rows_of/shape_of/dtype_of/file_of(name)`,
+`take(indices, names)` (vectorised gather), `iter_chunks(names, rows)` (streaming) and
+`locality_rows` (rows cheap to read together: 1 for memory maps, a row group for Parquet).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tsa.config import JobConfig
+from tsa.contract import Channel
+from tsa.data.npy import NpyChannel
+from tsa.data.parquet import ParquetChannel
+from tsa.data.schema import array_specs
+from tsa.errors import ChannelError
+
+ChannelSource = NpyChannel | ParquetChannel
+
+
+def detect_format(folder: Path, channel: str) -> str:
+    """`npy` or `parquet` by the files present; a channel with neither is an error."""
+    has_npy = any(folder.glob("*.npy"))
+    has_parquet = any(folder.glob("*.parquet"))
+    if has_npy and has_parquet:
+        raise ChannelError(
+            f"channel '{channel}' ({folder}) holds both .npy and .parquet files: keep one format, "
+            "or set data_format to choose"
+        )
+    if not (has_npy or has_parquet):
+        raise ChannelError(
+            f"channel '{channel}' ({folder}) is empty: expected legacy .npy arrays or .parquet files"
+        )
+    return "npy" if has_npy else "parquet"
+
+
+def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
+    """The channel's data, opened lazily (nothing is loaded into memory here)."""
+    fmt = config.data.data_format
+    if fmt == "auto":
+        fmt = detect_format(channel.path, channel.name)
+    specs = array_specs(config.model)
+    if fmt == "npy":
+        return NpyChannel(channel.name, channel.path, config.data.data_version, specs)
+    return ParquetChannel(channel.name, channel.path, specs)

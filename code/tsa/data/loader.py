@@ -1,0 +1,72 @@
+"""Batches without per-sample Python: each DataLoader item is a whole batch, gathered at once.
+
+`BatchStream` is an `IterableDataset` over one channel: for its rank and DataLoader worker it
+takes the epoch's batches (`sharding`), gathers each batch's rows with one vectorised read
+(memory map fancy-indexing, or the Parquet row groups it touches) and returns the legacy batch
+dict plus `row` (global row numbers, used to put predictions back in order without duplicates).
+The epoch is set by the training loop before each epoch (`set_epoch`); `start_batch` skips the
+batches a resumed run already trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tsa.data.batches import Batch, to_batch
+from tsa.data.channels import ChannelSource
+from tsa.data.sharding import ShardSpec, epoch_order, rank_rows, split_batches, worker_batch_ids
+
+
+class BatchStream(IterableDataset):
+    """The batches of one channel for one rank, split across DataLoader workers."""
+
+    def __init__(
+        self, source: ChannelSource, model_type: str, batch_size: int, shard: ShardSpec, max_rows: int | None = None
+    ) -> None:
+        super().__init__()
+        self.source, self.model_type, self.batch_size, self.shard = source, model_type, batch_size, shard
+        self.num_rows = min(source.num_rows, max_rows) if max_rows else source.num_rows
+        self.names: Sequence[str] = source.names
+        self.epoch = 0
+        self.start_batch = 0
+        # Row-group boundaries for locality-keeping shuffles (None for memory maps).
+        starts = getattr(source, "group_starts", None) if source.locality_rows > 1 else None
+        self.group_starts = None if starts is None else np.unique(np.minimum(starts, self.num_rows))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch (row numbers), in training order."""
+        order = epoch_order(self.num_rows, self.epoch, self.shard.shuffle, self.group_starts)
+        rows = rank_rows(order, self.shard, interleave=self.group_starts is None)
+        return split_batches(rows, self.batch_size)
+
+    def __len__(self) -> int:
+        return max(len(self.batches()) - self.start_batch, 0)
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = self.batches()[self.start_batch:]
+        for index in worker_batch_ids(len(batches), worker, workers, contiguous=self.group_starts is not None):
+            rows = batches[index]
+            batch = to_batch(self.source.take(rows, self.names), self.model_type)
+            batch["row"] = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            yield batch
+
+
+def make_loader(stream: BatchStream, num_workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader that passes the stream's ready-made batches through (no collation)."""
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,  # workers restart each epoch and so see the new epoch number
+        prefetch_factor=4 if num_workers else None,
+    )

@@ -1,0 +1,117 @@
+"""Data validation before any GPU time is spent: shapes, dtypes and value rules, streamed.
+
+Every rule runs vectorised over a chunk (a row group, or a slice of the memory map), so a
+channel of any size is checked with flat memory. Each error names the channel, file, array
+and column, the first offending example index and the allowed values, and is a `DataError`
+(exit code 2, first line of the failure file).
+
+Rules (spec §2.1, contracts §3.4): arrays present with the configured per-example shape and
+the same N; integer ids and labels, float features; no NaN/Inf; categorical ids in
+0..n_embedding-n_num_features; `not_padded` in {0, 1} with the last (current) row real;
+`time_to_last` >= 0; labels in [0, n_classes); no empty channel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from tsa.config import ModelConfig
+from tsa.data.channels import ChannelSource
+from tsa.data.schema import array_specs, max_category_id
+from tsa.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 4096
+
+
+def _where(source: ChannelSource, name: str, column: str | None = None) -> str:
+    where = f"channel '{source.channel}' file '{source.file_of(name)}' array '{name}'"
+    return where + (f" column {column}" if column else "")
+
+
+def check_structure(source: ChannelSource, cfg: ModelConfig) -> None:
+    """Presence, per-example shapes, dtypes and a common row count."""
+    rows = source.num_rows
+    if rows == 0:
+        raise DataError(f"channel '{source.channel}' is empty: 0 examples in {source.file_of('Y')}")
+    for spec in array_specs(cfg):
+        if spec.name not in source.names:
+            continue  # optional array absent (X_num with n_engineered_num_features = 0)
+        shape = source.shape_of(spec.name)
+        if spec.shape is not None and shape != spec.shape:
+            raise DataError(
+                f"{_where(source, spec.name)}: per-example shape {shape}, expected {spec.shape} "
+                f"i.e. {spec.describe_shape()} for seq_len={cfg.seq_len}, n_cat_features={cfg.n_cat_features}, "
+                f"n_num_features={cfg.n_num_features}, n_engineered_num_features={cfg.n_engineered_num_features}"
+            )
+        if source.rows_of(spec.name) != rows:
+            raise DataError(
+                f"{_where(source, spec.name)}: {source.rows_of(spec.name)} examples, but "
+                f"'{source.file_of('Y')}' has {rows}: every array of a channel needs the same N"
+            )
+        dtype = source.dtype_of(spec.name)
+        expected_kind = "iub" if spec.kind in ("ids", "label") else "f"
+        if dtype.kind not in expected_kind:
+            wanted = "an integer dtype" if spec.kind in ("ids", "label") else "a float dtype"
+            raise DataError(f"{_where(source, spec.name)}: dtype {dtype}, expected {wanted}")
+
+
+def _first_bad(mask: np.ndarray) -> int | None:
+    """Index of the first example (axis 0) where `mask` is True anywhere."""
+    per_example = mask.reshape(mask.shape[0], -1).any(axis=1) if mask.ndim > 1 else mask
+    hits = np.flatnonzero(per_example)
+    return int(hits[0]) if hits.size else None
+
+
+def _check_chunk(source: ChannelSource, cfg: ModelConfig, start: int, arrays: dict[str, np.ndarray]) -> None:
+    largest_id = max_category_id(cfg)
+    for name, values in arrays.items():
+        if values.dtype.kind == "f":
+            bad = _first_bad(~np.isfinite(values))
+            if bad is not None:
+                raise DataError(f"{_where(source, name)}: example {start + bad} holds NaN or Inf; "
+                                "allowed are finite numbers")
+        if name.endswith("X_seq_cat"):
+            bad = _first_bad((values < 0) | (values > largest_id))
+            if bad is not None:
+                found = values[bad][(values[bad] < 0) | (values[bad] > largest_id)].flat[0]
+                raise DataError(
+                    f"{_where(source, name)}: example {start + bad} has categorical id {found}: allowed are "
+                    f"0..{largest_id} (n_embedding - n_num_features; 0 = padding/unknown)"
+                )
+        if name.endswith("X_seq_num"):
+            _check_sequence_columns(source, name, start, values)
+        if name == "Y":
+            bad = _first_bad((values < 0) | (values >= cfg.n_classes))
+            if bad is not None:
+                raise DataError(f"{_where(source, name)}: example {start + bad} has label {values[bad]}: "
+                                f"allowed are 0..{cfg.n_classes - 1}")
+
+
+def _check_sequence_columns(source: ChannelSource, name: str, start: int, values: np.ndarray) -> None:
+    time_to_last, not_padded = values[..., -2], values[..., -1]
+    bad = _first_bad((not_padded != 0) & (not_padded != 1))
+    if bad is not None:
+        raise DataError(f"{_where(source, name, 'not_padded (last)')}: example {start + bad} has a value "
+                        "other than 0 or 1: allowed are 0 (padded row) and 1 (real row)")
+    bad = _first_bad(not_padded[:, -1] != 1)
+    if bad is not None:
+        raise DataError(f"{_where(source, name, 'not_padded (last)')}: example {start + bad} has a padded last "
+                        "row: the last row is the current order and must be real (1); sequences are left-padded")
+    bad = _first_bad(time_to_last < 0)
+    if bad is not None:
+        raise DataError(f"{_where(source, name, 'time_to_last (second to last)')}: example {start + bad} is "
+                        "negative: allowed are seconds >= 0 (current time minus the order's time)")
+
+
+def validate_channel(source: ChannelSource, cfg: ModelConfig) -> int:
+    """Check a whole channel, streaming; returns its number of examples."""
+    check_structure(source, cfg)
+    names = list(source.names)
+    for start, arrays in source.iter_chunks(names, CHUNK_ROWS):
+        _check_chunk(source, cfg, start, arrays)
+    log.info("channel '%s': %d examples valid (%s)", source.channel, source.num_rows, source.format)
+    return source.num_rows
