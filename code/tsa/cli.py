@@ -24,7 +24,7 @@ import numpy as np
 
 from tsa import config as config_module
 from tsa.contract import JobPaths, check_wire_limits, read_channels, read_json_file
-from tsa.entrypoint import load_job_config, main_train
+from tsa.entrypoint import load_job_config, main_train, validate_job_data
 from tsa.errors import JobError
 
 
@@ -89,7 +89,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         else:
             paths = JobPaths.from_root(target)
             config = load_job_config(paths)
-            read_channels(paths)
+            validate_job_data(config, read_channels(paths))
     except JobError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
         return 2

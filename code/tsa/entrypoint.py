@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tsa.config import JobConfig
-from tsa.contract import JobPaths, load_hyperparameters, read_channels, read_resource_config
+from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels, read_resource_config
+from tsa.data import open_channel, validate_channel
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 
 log = logging.getLogger("tsa")
@@ -82,11 +83,17 @@ def load_job_config(paths: JobPaths) -> JobConfig:
     return JobConfig.from_hyperparameters(load_hyperparameters(paths))
 
 
+def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[str, int]:
+    """Open and check every channel present; returns examples per channel."""
+    return {name: validate_channel(open_channel(channel, config), config.model) for name, channel in channels.items()}
+
+
 def train_job(paths: JobPaths) -> None:
     """The `tsa train` job."""
     config = load_job_config(paths)
-    read_channels(paths)
+    channels = read_channels(paths)
     resources = read_resource_config(paths)
+    validate_job_data(config, channels)
     log.info("resolved config: %s", config.resolved())
     log.info("hosts %s, this host %s (node rank %d)", resources.ordered_hosts, resources.current_host,
              resources.node_rank)

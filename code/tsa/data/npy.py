@@ -67,8 +67,8 @@ class NpyChannel:
                 if spec.required:
                     tried = [f"{p}_{spec.name}_{version}.npy" for p in split_prefixes(channel, folder)]
                     raise DataError(
-                        f"channel '{channel}': array '{spec.name}' is missing: none of {tried} in {folder}; "
-                        f"expected {spec.describe_shape()} (data_version='{version}')"
+                        f"channel '{channel}': file '{tried[0]}' (array '{spec.name}', expected "
+                        f"{spec.describe_shape()}) is missing in {folder}; accepted names: {tried}"
                     )
                 continue
             self.files[spec.name] = path

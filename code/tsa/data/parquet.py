@@ -169,7 +169,7 @@ class ParquetChannel:
         file_index, row_group = self.groups[group]
         handle = self._files.get(file_index)
         if handle is None:
-            handle = self._files[file_index] = pq.ParquetFile(self.paths[file_index], memory_map=True)
+            handle = self._files[file_index] = pq.ParquetFile(self.paths[file_index])  # no mmap: RSS stays flat
         try:
             table = handle.read_row_group(row_group, columns=list(names))
         except (pa.ArrowInvalid, OSError) as exc:
