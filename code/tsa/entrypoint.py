@@ -21,6 +21,7 @@ from pathlib import Path
 from tsa.config import JobConfig
 from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels, read_resource_config
 from tsa.data import open_channel, validate_channel
+from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 
 log = logging.getLogger("tsa")
@@ -103,5 +104,6 @@ def train_job(paths: JobPaths) -> None:
 def main_train(base_dir: Path | None = None) -> int:
     """Entry of `tsa train`: returns the process exit code."""
     configure_logging()
+    configure_allocator()
     paths = JobPaths.from_root(base_dir)
     return run_guarded(paths, lambda: train_job(paths))

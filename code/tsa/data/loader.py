@@ -10,6 +10,9 @@ batches a resumed run already trained on.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,6 +22,31 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tsa.data.batches import Batch, to_batch
 from tsa.data.channels import ChannelSource
 from tsa.data.sharding import ShardSpec, epoch_order, rank_rows, split_batches, worker_batch_ids
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters: keep large blocks in the heap instead of mmap/munmap per allocation.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BYTES = 1 << 30
+
+
+def configure_allocator() -> bool:
+    """Let glibc reuse large batch buffers instead of returning them to the OS after each batch.
+
+    A batch at the EU shape is ~60 MB; by default glibc serves such blocks with mmap and frees
+    them with munmap, so every batch pays page faults on fresh memory (measured: about half the
+    loader's time). Raising the mmap and trim thresholds keeps the freed blocks for the next
+    batch. No-op where the C library is not glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        ok = bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+                  and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    except (OSError, AttributeError):
+        ok = False
+    log.debug("glibc allocator thresholds raised: %s", ok)
+    return ok
 
 
 class BatchStream(IterableDataset):

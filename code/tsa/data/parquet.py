@@ -169,9 +169,13 @@ class ParquetChannel:
         file_index, row_group = self.groups[group]
         handle = self._files.get(file_index)
         if handle is None:
-            handle = self._files[file_index] = pq.ParquetFile(self.paths[file_index])  # no mmap: RSS stays flat
+            # One open file at a time: an open reader keeps its last column chunks buffered.
+            for other in self._files.values():
+                other.close()
+            self._files = {file_index: pq.ParquetFile(self.paths[file_index])}
+            handle = self._files[file_index]
         try:
-            table = handle.read_row_group(row_group, columns=list(names))
+            table = handle.read_row_group(row_group, columns=list(names), use_threads=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(
                 f"channel '{self.channel}' file '{self.paths[file_index].name}' row group {row_group}: "

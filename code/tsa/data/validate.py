@@ -79,7 +79,7 @@ def _check_chunk(source: ChannelSource, cfg: ModelConfig, start: int, arrays: di
             if bad is not None:
                 found = values[bad][(values[bad] < 0) | (values[bad] > largest_id)].flat[0]
                 raise DataError(
-                    f"{_where(source, name)}: example {start + bad} has categorical id {found}: allowed are "
+                    f"{_where(source, name)}: example {start + bad} has categorical id {found}: allowed "
                     f"0..{largest_id} (n_embedding - n_num_features; 0 = padding/unknown)"
                 )
         if name.endswith("X_seq_num"):
