@@ -31,3 +31,16 @@ schema: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Container image (docker/README.md). `image` builds the local CPU test image tsa-training:local offline;
+# docker-up/docker-down start/stop a private Docker engine if the machine has none running.
+.PHONY: image docker-up docker-down
+
+image:
+	docker/build.sh local
+
+docker-up:
+	docker/engine.sh start
+
+docker-down:
+	docker/engine.sh stop
