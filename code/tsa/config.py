@@ -153,7 +153,9 @@ class RuntimeConfig(_Section):
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="gpu if available under auto.")
     cpu_processes: int = Field(1, description="Processes per host when training on CPU.", ge=1)
-    checkpoint_dir: str = Field("/opt/ml/checkpoints", description="Spot/stop checkpoint folder.")
+    checkpoint_dir: str | None = Field(
+        None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
+    )
     log_every_n_steps: int = Field(50, description="Progress/metric line every N training steps.", ge=1)
     test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.", min_length=1)
 

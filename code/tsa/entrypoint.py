@@ -3,7 +3,8 @@
 Run it as SageMaker does (`docker run IMAGE train`, i.e. `tsa train`), or locally with
 `SAGEMAKER_BASE_DIR=<job folder> tsa train`.
 
-Error policy: a `JobError` is the user's to fix -> exit 2; anything else is our bug -> exit 1.
+Error policy: a `JobError` is the user's to fix -> exit 2; anything else is our bug -> exit 1;
+SIGTERM (stop, timeout, spot) -> a resumable checkpoint, then exit 143 with a stop notice.
 Either way the first line of `/opt/ml/output/failure` is the human cause (SageMaker shows only
 the first 1024 characters), the traceback goes to stderr only, and an existing failure file
 (written by the process that saw the real cause, e.g. a worker rank) is never overwritten.
@@ -11,6 +12,7 @@ the first 1024 characters), the traceback goes to stderr only, and an existing f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,15 +20,30 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import torch.distributed as dist
+
+from tsa.artifacts import discard_partial, export_artifacts
 from tsa.config import JobConfig
 from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels, read_resource_config
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
-from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
+from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
+from tsa.training.distributed import configure_environment, is_launched_worker, world_layout
+from tsa.training.callbacks import StopRequested
+from tsa.training.trainer import FitOutcome, fit
 
 log = logging.getLogger("tsa")
 
 FAILURE_FILE_LIMIT = 1024
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: stopped after writing a resumable checkpoint
+
+
+def clear_previous_outcome(paths: JobPaths) -> None:
+    """A new run of a job folder (local reruns, a resume after a stop) starts without the old status."""
+    for status in (paths.failure_file, paths.success_file):
+        if status.is_file():
+            log.info("removing %s of a previous run", status)
+            status.unlink()
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -42,7 +59,7 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def failure_text(exc: BaseException) -> str:
     """The failure-file text: the cause first, within SageMaker's 1024 shown characters."""
-    if isinstance(exc, JobError):
+    if isinstance(exc, (JobError, StopRequested)):
         text = str(exc)
     else:
         text = f"internal error ({type(exc).__name__}: {exc}); this is a tsa-training bug, see the job log"
@@ -71,6 +88,10 @@ def run_guarded(paths: JobPaths, job: Callable[[], None]) -> int:
     """Run `job`, map its exception to an exit code, and record the cause."""
     try:
         job()
+    except StopRequested as exc:
+        log.warning("%s", exc)
+        write_failure(paths, exc)
+        return STOPPED_EXIT_CODE
     except (JobError, Exception) as exc:
         traceback.print_exc(file=sys.stderr)
         log.error("job failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -90,15 +111,47 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
 
 
 def train_job(paths: JobPaths) -> None:
-    """The `tsa train` job."""
+    """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts."""
     config = load_job_config(paths)
     channels = read_channels(paths)
     resources = read_resource_config(paths)
-    validate_job_data(config, channels)
-    log.info("resolved config: %s", config.resolved())
-    log.info("hosts %s, this host %s (node rank %d)", resources.ordered_hosts, resources.current_host,
-             resources.node_rank)
-    paths.model_dir.mkdir(parents=True, exist_ok=True)
+    if "validation" not in channels:
+        raise ChannelError(
+            f"channel 'validation' is missing: no folder {paths.data_dir / 'validation'} (or 'vali', 'val'); "
+            "training selects the best model by validation AUC, as the legacy job did"
+        )
+    layout = world_layout(resources, config.runtime)
+    if not is_launched_worker():
+        validate_job_data(config, channels)
+        discard_partial(paths)
+        log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
+        log.info("world: %d node(s) x %d %s process(es); this host %s is node %d; master %s",
+                 layout.num_nodes, layout.devices, layout.accelerator, resources.current_host, layout.node_rank,
+                 layout.master_addr)
+    configure_environment(layout)
+    checkpoint_dir = Path(config.runtime.checkpoint_dir) if config.runtime.checkpoint_dir else paths.checkpoint_dir
+    outcome = fit(config, channels, layout, checkpoint_dir, work_dir=paths.root / "output" / ".lightning")
+    try:
+        if outcome.trainer.is_global_zero:
+            export_job_artifacts(paths, config, outcome)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def export_job_artifacts(paths: JobPaths, config: JobConfig, outcome: FitOutcome) -> None:
+    """Score every evaluation channel with the selected model, then write the artifacts."""
+    predictions, ids = {}, {}
+    for name in ("validation", "calibration", "test"):
+        if name in outcome.datamodule.channels:
+            predictions[name] = outcome.system.predict_channel(outcome.datamodule.single_process_loader(name))
+            source = outcome.datamodule.sources[name]
+            ids[name] = source.ids(predictions[name].rows.numpy()) if hasattr(source, "ids") else None
+    final = export_artifacts(paths, config, outcome.system.model, outcome.history, outcome.best_epoch,
+                             outcome.best_auc, outcome.stopped_early, predictions, ids)
+    for split, performance in final.items():
+        print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
+    log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
 
 
 def main_train(base_dir: Path | None = None) -> int:
@@ -106,4 +159,6 @@ def main_train(base_dir: Path | None = None) -> int:
     configure_logging()
     configure_allocator()
     paths = JobPaths.from_root(base_dir)
+    if not is_launched_worker():
+        clear_previous_outcome(paths)
     return run_guarded(paths, lambda: train_job(paths))

@@ -78,6 +78,9 @@ class TsaDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.stream("validation", training=False))
 
-    def predict_loader(self, name: str) -> DataLoader:
-        """Evaluation batches of any channel (validation, calibration, test), each row once."""
-        return self.loader(self.stream(name, training=False))
+    def single_process_loader(self, name: str) -> DataLoader:
+        """Every batch of a channel for one process alone (final scoring on rank 0), each row once."""
+        self.setup()
+        stream = BatchStream(self.sources[name], self.config.model.model_type, self.config.train.batch_size,
+                             ShardSpec(), self.max_rows)
+        return self.loader(stream)

@@ -1,0 +1,184 @@
+"""Artifacts: everything `/opt/ml/model` and `/opt/ml/output/data` hold after training.
+
+Written by global rank 0 only, into `model/.partial` first and moved into `/opt/ml/model` file
+by file once complete, so the model folder holds a complete set or nothing new.
+
+`/opt/ml/model` (-> model.tar.gz):
+- `model.safetensors` (project keys) and `config.json` (resolved config + versions);
+- `<test_name>.pt`: the legacy-keyed state dict the legacy packaging and handler load;
+- `model.pt` (TorchScript) + `code/inference.py` for the SageMaker PyTorch inference toolkit;
+- `metrics.json`: every epoch, the best epoch, final metrics per split;
+- legacy downstream files, always (not only on early stop, Q22): `score_file.csv` /
+  `tag_file.csv` (validation P(fraud) and labels, no header), `cali_score_file.csv` /
+  `cali_tag_file.csv`, `percentile_score.pkl` (1000 `[score, k/1000]` pairs of the calibration
+  scores) and the same as `percentile_score.json`; `<test_name>.pt.png` (curves, legacy name).
+`/opt/ml/output/data`: `predictions_<split>.csv` (id, label, score) and ROC/PR/loss PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import platform
+import shutil
+from importlib import resources
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from torch import nn  # noqa: E402
+
+from tsa.config import JobConfig  # noqa: E402
+from tsa.contract import JobPaths  # noqa: E402
+from tsa.legacy import legacy_state_dict, project_state_dict  # noqa: E402
+from tsa.training.metrics import MEASURES, get_performance, positive_probability  # noqa: E402
+from tsa.training.system import EpochResult, Predictions  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+LEGACY_SCORE_PREFIX = {"validation": "", "calibration": "cali_"}
+PERCENTILE_STEPS = 1000
+
+
+def versions() -> dict[str, str]:
+    return {"tsa-training": version("tsa-training"), "torch": torch.__version__, "lightning": version("lightning"),
+            "python": platform.python_version()}
+
+
+def percentile_map(scores: np.ndarray) -> list[list[float]]:
+    """The legacy percentile map: `[np.percentile(scores, 100*k/1000), k/1000]` for k = 0..999."""
+    return [[float(np.percentile(scores, 100 * k / PERCENTILE_STEPS)), k / PERCENTILE_STEPS]
+            for k in range(PERCENTILE_STEPS)]
+
+
+def write_column(path: Path, values: np.ndarray, fmt: str) -> None:
+    np.savetxt(path, values, fmt=fmt)
+
+
+def write_serving(model: nn.Module, folder: Path) -> None:
+    """`model.pt` (TorchScript, CPU, eval) and `code/inference.py`."""
+    scripted = torch.jit.script(model.cpu().eval())
+    torch.jit.save(scripted, str(folder / "model.pt"))
+    (folder / "code").mkdir(exist_ok=True)
+    handler = resources.files("tsa.serving").joinpath("inference.py").read_text()
+    (folder / "code" / "inference.py").write_text(handler)
+
+
+def write_metrics(folder: Path, history: list[EpochResult], best_epoch: int | None, best_auc: float,
+                  stopped_early: bool, final: dict[str, dict[str, float]]) -> None:
+    data = {"epochs": [vars(result) for result in history], "best_epoch": best_epoch,
+            "best_validation_auc": best_auc, "stopped_early": stopped_early, "final": final}
+    (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def plot_curves(path: Path, history: list[EpochResult]) -> None:
+    """Loss and AUC per epoch (the legacy `<test_name>.pt.png`)."""
+    epochs = [r.epoch for r in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r.train_loss for r in history], label="training")
+    left.plot(epochs, [r.validation_loss for r in history], label="validation")
+    left.set(xlabel="epoch", ylabel="loss per example", title="loss")
+    left.legend()
+    right.plot(epochs, [r.validation_auc for r in history], label="validation AUC")
+    right.set(xlabel="epoch", ylabel="AUC", title="validation AUC")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_roc_pr(path: Path, predictions: Predictions, split: str) -> None:
+    from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+    prob = positive_probability(predictions.scores)
+    fpr, tpr, _ = binary_roc(prob, predictions.labels)
+    precision, recall, _ = binary_precision_recall_curve(prob, predictions.labels)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(fpr.numpy(), tpr.numpy())
+    left.plot([0, 1], [0, 1], linestyle=":")
+    left.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({split})")
+    right.plot(recall.numpy(), precision.numpy())
+    right.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({split})")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_predictions(path: Path, predictions: Predictions, ids: np.ndarray | None) -> None:
+    prob = positive_probability(predictions.scores).numpy()
+    labels = predictions.labels.numpy()
+    keys = ids if ids is not None else predictions.rows.numpy()
+    with path.open("w") as handle:
+        handle.write("id,label,score\n")
+        for key, label, score in zip(keys, labels, prob, strict=True):
+            handle.write(f"{key},{int(label)},{score:.10g}\n")
+
+
+def write_legacy_scores(folder: Path, predictions: dict[str, Predictions]) -> None:
+    """Score/tag files and the percentile map, as the legacy early-stop path wrote them (Q22: always)."""
+    for split, prefix in LEGACY_SCORE_PREFIX.items():
+        if split in predictions:
+            p = predictions[split]
+            write_column(folder / f"{prefix}score_file.csv", positive_probability(p.scores).numpy(), "%.10g")
+            write_column(folder / f"{prefix}tag_file.csv", p.labels.numpy(), "%d")
+    source = "calibration" if "calibration" in predictions else "validation"
+    if source != "calibration":
+        log.warning("no calibration channel: the percentile map is built from the validation scores")
+    table = percentile_map(positive_probability(predictions[source].scores).numpy())
+    with (folder / "percentile_score.pkl").open("wb") as handle:
+        pickle.dump(table, handle)
+    (folder / "percentile_score.json").write_text(json.dumps(table) + "\n")
+
+
+def publish(partial: Path, model_dir: Path) -> None:
+    """Move a complete artifact set from `partial` into `model_dir`, then remove `partial`."""
+    for item in sorted(partial.iterdir()):
+        target = model_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    partial.rmdir()
+
+
+def discard_partial(paths: JobPaths) -> None:
+    """Remove an incomplete artifact set left by a job that died while exporting."""
+    partial = paths.model_dir / PARTIAL
+    if partial.exists():
+        log.warning("removing incomplete artifacts %s from an earlier attempt", partial)
+        shutil.rmtree(partial)
+
+
+def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, history: list[EpochResult],
+                     best_epoch: int | None, best_auc: float, stopped_early: bool,
+                     predictions: dict[str, Predictions], ids: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """Write every artifact (rank 0 only); returns the final metrics per split."""
+    partial = paths.model_dir / PARTIAL
+    discard_partial(paths)
+    partial.mkdir(parents=True)
+    name = config.runtime.test_name
+    save_file(project_state_dict(model), str(partial / "model.safetensors"))
+    (partial / "config.json").write_text(json.dumps({**config.resolved(), "versions": versions()}, indent=2,
+                                                    sort_keys=True) + "\n")
+    torch.save(legacy_state_dict(model), partial / f"{name}.pt")
+    write_legacy_scores(partial, predictions)
+    final = {split: get_performance(p.scores, p.labels, list(MEASURES)) for split, p in predictions.items()}
+    write_metrics(partial, history, best_epoch, best_auc, stopped_early, final)
+    plot_curves(partial / f"{name}.pt.png", history)
+    write_serving(model, partial)
+    publish(partial, paths.model_dir)
+
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    for split, p in predictions.items():
+        write_predictions(paths.output_data_dir / f"predictions_{split}.csv", p, ids.get(split))
+        plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", p, split)
+    plot_curves(paths.output_data_dir / "loss_curves.png", history)
+    return final

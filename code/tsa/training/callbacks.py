@@ -1,0 +1,219 @@
+"""Callbacks: the legacy model selection, spot-safe checkpoints, SIGTERM, and log lines.
+
+- `EpochData`: tells the batch streams the epoch (legacy sampler order) and, after a mid-epoch
+  resume, how many batches to skip.
+- `LegacySelection`: best model by rounded validation AUC (strictly better, Q21) and early
+  stopping on it (ties count as improvement), with the legacy state kept in checkpoints.
+- `SpotCheckpoint`: `last.ckpt` as a real file, atomically replaced, at every epoch end and when
+  SIGTERM arrives (at the next training-batch boundary all ranks agree on); the RNG states travel
+  in it so a resumed run continues exactly.
+- `MetricLines`: one fixed-format line per epoch and per N steps that SageMaker's metric regexes
+  (`hyperparameters/metric_definitions.json`) and a person can read; no carriage returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from tsa.legacy import project_state_dict
+from tsa.training.selection import BestModelTracker, LegacyEarlyStopping
+
+log = logging.getLogger("tsa.training")
+
+LAST_CHECKPOINT = "last.ckpt"
+BEST_WEIGHTS = "best-model.safetensors"
+SIGTERM_CHECK_EVERY = 4  # training steps between the (collective) checks for a stop request
+
+
+class StopRequested(Exception):
+    """Raised on every rank after the SIGTERM checkpoint was written."""
+
+    def __init__(self, checkpoint: Path, epoch: int, step: int) -> None:
+        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
+        super().__init__(
+            f"training stopped by SIGTERM (stop, timeout or spot interruption) at epoch {epoch}, step {step}; "
+            f"checkpoint saved to {checkpoint}; run the job again with the same checkpoint folder to resume"
+        )
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class EpochData(L.Callback):
+    """Set the training stream's epoch (and resume offset) before each epoch's iterator is made."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stream = trainer.datamodule.streams.get("train")  # type: ignore[attr-defined]
+        if stream is None:
+            return
+        stream.set_epoch(trainer.current_epoch)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        stream.start_batch = done if trainer.fit_loop.epoch_loop.restarting else 0
+        if stream.start_batch:
+            log.info("resuming epoch %d after batch %d", trainer.current_epoch, stream.start_batch)
+
+
+class LegacySelection(L.Callback):
+    """Best model (strictly higher rounded AUC) and early stopping (ties reset patience)."""
+
+    def __init__(self, patience: int, checkpoint_dir: Path) -> None:
+        self.tracker = BestModelTracker()
+        self.stopper = LegacyEarlyStopping(patience=patience)
+        self.best_path = checkpoint_dir / BEST_WEIGHTS
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not pl_module.history:  # type: ignore[attr-defined]
+            return
+        result = pl_module.history[-1]  # type: ignore[attr-defined]
+        if self.tracker.update(result.validation_auc, result.epoch) and trainer.is_global_zero:
+            self.best_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.best_path.with_suffix(".tmp")
+            save_file(project_state_dict(pl_module.model), str(tmp))  # type: ignore[arg-type]
+            os.replace(tmp, self.best_path)
+        self.stopper.update(result.validation_auc)
+        if self.stopper.early_stop:
+            log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
+                     result.epoch, self.stopper.patience)
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": vars(self.tracker).copy(), "stopper": vars(self.stopper).copy()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tracker = BestModelTracker(**state_dict["tracker"])
+        self.stopper = LegacyEarlyStopping(**state_dict["stopper"])
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every global RNG, in types `torch.load(weights_only=True)` accepts."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.copy()), position, has_gauss, gauss],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy(), position, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class SpotCheckpoint(L.Callback):
+    """`last.ckpt` at every epoch end and on SIGTERM; restores RNG state on resume."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.path = checkpoint_dir / LAST_CHECKPOINT
+        self.stop_requested = False
+        self._pending_rng: dict[str, Any] | None = None
+        self._previous_handler: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Replace Lightning's SIGTERM handler (it runs a collective inside the signal handler):
+        # ours only records the request and forwards it to locally launched ranks.
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._launcher = trainer.strategy.launcher
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stop_requested:
+            log.warning("SIGTERM received: checkpointing at the next training step, then exiting")
+            launcher = getattr(self, "_launcher", None)
+            if launcher is not None and hasattr(launcher, "kill"):
+                launcher.kill(signum)
+        self.stop_requested = True
+
+    def _agreed_stop(self, trainer: L.Trainer) -> bool:
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=trainer.strategy.root_device)
+        if _distributed():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)  # after the epoch's iterator was made, as in the original run
+            self._pending_rng = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        check = not _distributed() or step % SIGTERM_CHECK_EVERY == 0
+        if check and self._agreed_stop(trainer):
+            self.save(trainer)
+            raise StopRequested(self.path, trainer.current_epoch, step)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
+        trainer.strategy.barrier("tsa-checkpoint")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint["tsa_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("tsa_rng")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+
+
+class MetricLines(L.Callback):
+    """`METRIC ...;` lines for CloudWatch metric regexes; plain lines, no progress bars."""
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = every_n_steps
+        self._last_time = time.perf_counter()
+        self._last_step = 0
+        self._samples = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._samples += len(batch["row"])
+        step = trainer.global_step
+        if step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        rate = self._samples * trainer.world_size / max(now - self._last_time, 1e-9)
+        loss = float(pl_module.last_step_loss) / max(len(batch["row"]), 1)  # type: ignore[attr-defined]
+        print(f"METRIC step={step}; epoch={trainer.current_epoch}; step_loss={loss:.6g}; "
+              f"samples_per_second={rate:.1f};", flush=True)
+        self._last_time, self._samples = now, 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.history:  # type: ignore[attr-defined]
+            return
+        r = pl_module.history[-1]  # type: ignore[attr-defined]
+        selection = next(c for c in trainer.callbacks if isinstance(c, LegacySelection))  # type: ignore[attr-defined]
+        print(f"METRIC epoch={r.epoch}; average_training_loss={r.train_loss:.6g}; "
+              f"average_validation_loss={r.validation_loss:.6g}; validation_auc={r.validation_auc:.4f}; "
+              f"best_validation_auc={selection.tracker.best_auc:.4f}; learning_rate={r.learning_rate:.6g};",
+              flush=True)

@@ -1,0 +1,51 @@
+"""Helpers that build and run real `/opt/ml`-shaped jobs for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import write_job
+
+TINY = {"n_cat_features": "32", "n_num_features": "32", "n_embedding": "192", "n_engineered_num_features": "3",
+        "seq_len": "8", "dim_embedding_table": "4", "dim_attn_feedforward": "8", "num_heads": "2",
+        "n_layers_order": "1", "n_layers_feature": "1", "use_moe": "0", "batch_size": "32", "max_epoch": "2",
+        "scheduler_maxlr": "0.003", "seed": "5", "test_name": "tiny", "log_every_n_steps": "5"}
+ROWS = "train=320,validation=160,calibration=96"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_job(root: Path, hyperparameters: dict[str, str], fmt: str = "npy", rows: str = ROWS,
+             resourceconfig: dict[str, Any] | None = None, data: Path | None = None) -> Path:
+    """A job folder with synthetic data (or a copy of `data`'s channels)."""
+    write_job(root, hyperparameters, channels=(), resourceconfig=resourceconfig)
+    hp_file = root / "input/config/hyperparameters.json"
+    if data is None:
+        subprocess.run([sys.executable, "-m", "tsa", "data", "synth", "--hyperparameters", str(hp_file),
+                        "--output", str(root / "input/data"), "--format", fmt, "--rows", rows],
+                       check=True, capture_output=True, timeout=120)
+    else:
+        (root / "input").mkdir(exist_ok=True)
+        os.symlink(data, root / "input/data")
+    return root
+
+
+def run_job(root: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`tsa train` on `root` in a fresh process (as the container runs it)."""
+    full_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tsa", "train"], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metrics(root: Path) -> dict[str, Any]:
+    return json.loads((root / "model/metrics.json").read_text())

@@ -1,0 +1,187 @@
+"""`tsa train` end to end on synthetic data: artifacts, serving, metric lines, DDP, resume.
+
+Run: .venv/bin/pytest tests/unit/test_training_e2e.py   (each job is a real `tsa train` process)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import HYPERPARAMETERS_DIR
+from tests.jobs import TINY, free_port, make_job, metrics, run_job
+from tsa.contract import JobPaths
+from tsa.data.convert import read_npy_arrays
+from tsa.entrypoint import load_job_config
+from tsa.legacy import load_legacy_state_dict, load_weights
+
+pytestmark = pytest.mark.slow
+
+MODEL_FILES = {"model.safetensors", "config.json", "tiny.pt", "model.pt", "code/inference.py", "metrics.json",
+               "score_file.csv", "tag_file.csv", "cali_score_file.csv", "cali_tag_file.csv", "percentile_score.pkl",
+               "percentile_score.json", "tiny.pt.png"}
+OUTPUT_FILES = {"predictions_validation.csv", "predictions_calibration.csv", "roc_pr_validation.png",
+                "roc_pr_calibration.png", "loss_curves.png"}
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def load_handler(model_dir: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("served_inference", model_dir / "code/inference.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def instances(root: Path, rows: list[int]) -> str:
+    """JSON request of validation examples, in the legacy per-example array layout."""
+    folder = root / "input/data/validation"
+    if any(folder.glob("*.npy")):
+        arrays = read_npy_arrays(folder)
+    else:
+        from tsa.data.parquet import ParquetChannel
+        from tsa.data.schema import array_specs
+        channel = ParquetChannel("validation", folder, array_specs(load_job_config(JobPaths(root)).model))
+        arrays = channel.take(np.asarray(rows), channel.names)
+        rows = list(range(len(rows)))
+    names = [n for n in arrays if n != "Y"]
+    return json.dumps({"instances": [{n: np.asarray(arrays[n][r]).tolist() for n in names} for r in rows]})
+
+
+def predicted_scores(root: Path, split: str) -> dict[str, float]:
+    lines = (root / f"output/data/predictions_{split}.csv").read_text().splitlines()
+    assert lines[0] == "id,label,score"
+    return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
+
+
+@pytest.mark.parametrize(("model_type", "fmt"), [("single", "npy"), ("single", "parquet"), ("dual", "npy"),
+                                                 ("dual", "parquet")])
+def test_job_writes_the_complete_artifact_set_and_serves(tmp_path: Path, model_type: str, fmt: str) -> None:
+    root = make_job(tmp_path / "job", {**TINY, "model_type": model_type}, fmt=fmt)
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model_dir = root / "model"
+    assert files_under(model_dir) == MODEL_FILES
+    assert OUTPUT_FILES <= files_under(root / "output/data")
+    assert not (root / "output/failure").exists()
+
+    result = metrics(root)
+    assert len(result["epochs"]) == 2 and result["best_epoch"] in (0, 1)
+    assert set(result["final"]) == {"validation", "calibration"}
+    table = pickle.loads((model_dir / "percentile_score.pkl").read_bytes())
+    assert len(table) == 1000 and [k for _, k in table] == [k / 1000 for k in range(1000)]
+    assert all(a[0] <= b[0] for a, b in zip(table, table[1:], strict=False))
+    assert len((model_dir / "score_file.csv").read_text().split()) == 160
+
+    # The serving code scores a batch from the artifacts alone, as the training job scored it.
+    handler = load_handler(model_dir)
+    served = handler.model_fn(str(model_dir))
+    rows = [0, 3, 7]
+    body = handler.output_fn(handler.predict_fn(handler.input_fn(instances(root, rows), "application/json"),
+                                                served), "application/json")
+    scores = [p["score"] for p in json.loads(body)["predictions"]]
+    expected = predicted_scores(root, "validation")
+    keys = [str(r) for r in rows]  # npy: ids are row numbers; synth Parquet writes ids "0".."N-1"
+    np.testing.assert_allclose(scores, [expected[k] for k in keys], rtol=1e-5, atol=1e-6)
+
+    # The legacy-keyed file holds the same weights as model.safetensors.
+    model, _ = load_weights(model_dir)
+    legacy_copy, _ = load_weights(model_dir)
+    load_legacy_state_dict(legacy_copy, torch.load(model_dir / "tiny.pt", weights_only=True))
+    for (name, a), (_, b) in zip(model.state_dict().items(), legacy_copy.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_metric_definitions_match_the_job_log(tmp_path: Path) -> None:
+    root = make_job(tmp_path / "job", TINY)
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "\r" not in log, "no carriage-return progress bars (CloudWatch)"
+    definitions = json.loads((HYPERPARAMETERS_DIR / "metric_definitions.json").read_text())
+    for definition in definitions:
+        found = re.findall(definition["Regex"], log)
+        assert found, f"{definition['Name']}: no log line matches {definition['Regex']}"
+        [float(value) for value in found]
+    aucs = [float(v) for v in re.findall(r"validation_auc=([0-9.eE+-]+);", log)]
+    assert aucs == [round(epoch["validation_auc"], 4) for epoch in metrics(root)["epochs"]]
+
+
+def test_two_processes_on_one_host_match_single_process_evaluation(tmp_path: Path) -> None:
+    root = make_job(tmp_path / "job", {**TINY, "cpu_processes": "2"})
+    proc = run_job(root, env={"MASTER_PORT": str(free_port())})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world: 1 node(s) x 2 cpu process(es)" in proc.stdout
+    result = metrics(root)
+    best = result["epochs"][result["best_epoch"]]
+    # The final scoring is a single process over the best weights: same AUC as the DDP validation.
+    assert result["final"]["validation"]["auc"] == round(best["validation_auc"], 4)
+    assert len(predicted_scores(root, "validation")) == 160
+
+
+def test_two_hosts_train_together_and_only_rank_zero_writes(tmp_path: Path) -> None:
+    data = make_job(tmp_path / "data_job", TINY).joinpath("input/data")
+    port = str(free_port())
+    procs = []
+    roots = []
+    for host in ("algo-1", "algo-2"):
+        root = make_job(tmp_path / host, TINY, data=data,
+                        resourceconfig={"current_host": host, "hosts": ["algo-1", "algo-2"]})
+        roots.append(root)
+        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "this host algo-2 is node 1; master algo-1" in outputs[1]
+    assert files_under(roots[0] / "model") == MODEL_FILES
+    assert files_under(roots[1] / "model") == set()
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    hp = {**TINY, "batch_size": "8", "max_epoch": "3", "log_every_n_steps": "1"}
+    reference = make_job(tmp_path / "reference", hp)
+    assert run_job(reference).returncode == 0
+
+    root = make_job(tmp_path / "stopped", hp, data=reference / "input/data")
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("METRIC step=12;"):  # mid-way through epoch 0 (40 steps an epoch)
+            proc.send_signal(signal.SIGTERM)
+            break
+    started = time.monotonic()
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, rest[-3000:]
+    assert time.monotonic() - started < 60
+    assert (root / "checkpoints/last.ckpt").is_file() and not (root / "checkpoints/last.ckpt").is_symlink()
+    assert (root / "output/failure").read_text().startswith("training stopped by SIGTERM")
+    assert not (root / "model/model.safetensors").exists()
+
+    resumed = run_job(root)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    ours, theirs = load_file(str(root / "model/model.safetensors")), load_file(str(reference / "model/model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert metrics(root)["epochs"] == metrics(reference)["epochs"][: len(metrics(root)["epochs"])]
