@@ -7,6 +7,7 @@
     tsa legacy export DIR --output W.pt                                 # ours -> legacy keys
     tsa data synth --hyperparameters HP.json --output DIR [--format npy|parquet]
     tsa data convert SRC DST --to parquet|npy
+    tsa launch --image-uri URI --role ARN --hyperparameters HP.json --channel train=s3://... [--dry-run]
 
 Never named `train`: sagemaker-training installs a console script of that name, and SageMaker
 starts the image as `docker run IMAGE train`, so `train` is our first argument instead.
@@ -74,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--row-group-rows", type=int, default=None)
     convert.add_argument("--compression", default="none", help="Parquet codec: none, snappy, zstd, ...")
     convert.set_defaults(handler=_cmd_data_convert)
+
+    launch = commands.add_parser("launch", help="start a SageMaker training job (needs the [launch] extra)")
+    launch.add_argument("--image-uri", required=True)
+    launch.add_argument("--role", required=True, help="SageMaker execution role ARN")
+    launch.add_argument("--hyperparameters", type=Path, required=True)
+    launch.add_argument("--channel", action="append", required=True, metavar="NAME=URI",
+                        help="repeatable: train=s3://..., validation=s3://..., calibration=..., test=...")
+    launch.add_argument("--instance-type", default="ml.g5.48xlarge")
+    launch.add_argument("--instance-count", type=int, default=1)
+    launch.add_argument("--output-path", help="S3 prefix for model.tar.gz (default: the session's bucket)")
+    launch.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3-uri)")
+    launch.add_argument("--max-run", type=int, default=5 * 24 * 3600, help="seconds")
+    launch.add_argument("--max-wait", type=int, help="seconds, >= max-run (spot)")
+    launch.add_argument("--checkpoint-s3-uri")
+    launch.add_argument("--input-mode", choices=["File", "FastFile"], default="File")
+    launch.add_argument("--sharded", action="append", default=[], metavar="CHANNEL",
+                        help="channel to distribute ShardedByS3Key (default FullyReplicated)")
+    launch.add_argument("--region")
+    launch.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request, send nothing")
+    launch.set_defaults(handler=_cmd_launch)
     return parser
 
 
@@ -168,6 +189,31 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
         print(f"data convert failed: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.target}")
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from tsa.launch import LaunchSpec, launch
+
+    try:
+        config = _read_config_file(args.hyperparameters)
+        raw = read_json_file(args.hyperparameters, required=True)
+        if args.spot and not args.checkpoint_s3_uri:
+            raise JobError("--spot needs --checkpoint-s3-uri: a spot job resumes from its checkpoints")
+        if args.max_wait is not None and args.max_wait < args.max_run:
+            raise JobError(f"--max-wait {args.max_wait} is below --max-run {args.max_run}: SageMaker requires >=")
+    except JobError as exc:
+        print(f"launch refused: {exc}", file=sys.stderr)
+        return 2
+    spec = LaunchSpec(
+        image_uri=args.image_uri, role=args.role, hyperparameters=config_module.typed_hyperparameters(raw),
+        channels=dict(item.split("=", 1) for item in args.channel), instance_type=args.instance_type,
+        instance_count=args.instance_count, output_path=args.output_path, spot=args.spot, max_run=args.max_run,
+        max_wait=args.max_wait, checkpoint_s3_uri=args.checkpoint_s3_uri, input_mode=args.input_mode,
+        sharded_channels=args.sharded,
+    )
+    result = launch(spec, region=args.region, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2, default=str) if args.dry_run else f"started training job {result}")
     return 0
 
 

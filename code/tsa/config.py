@@ -203,6 +203,16 @@ class JobConfig(BaseModel):
         return data
 
 
+def typed_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed values behind a hyperparameter map (any encoding), for the keys it sets.
+
+    What a user would hand a launcher: `{"use_amp": True, "lr": 5e-05, "modelname": "OrderFeature"}`.
+    """
+    flat = JobConfig.from_hyperparameters(raw).to_hyperparameters()
+    return {key: flat.get(key, _strip_json_quotes(value) if isinstance(value, str) else value)
+            for key, value in raw.items()}
+
+
 def field_section() -> dict[str, str]:
     """Hyperparameter name -> section name."""
     return {name: section for section, model in SECTIONS.items() for name in model.model_fields}

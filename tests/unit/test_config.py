@@ -6,11 +6,12 @@ Run: .venv/bin/pytest tests/unit/test_config.py
 from __future__ import annotations
 
 import json
+from importlib import resources
 
 import pytest
 
 from tests.conftest import HYPERPARAMETERS_DIR, load_example
-from tsa.config import JobConfig, json_schema
+from tsa.config import JobConfig, json_schema, typed_hyperparameters
 from tsa.contract import encode_hyperparameters
 from tsa.errors import ConfigError
 
@@ -18,19 +19,12 @@ EXAMPLES = sorted(p.stem for p in HYPERPARAMETERS_DIR.glob("*.json") if p.stem n
 MINIMAL = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120"}
 
 
-def typed_values(raw: dict[str, str]) -> dict[str, object]:
-    """The typed values a user would have given a launcher for the keys of a shipped example."""
-    flat = JobConfig.from_hyperparameters(raw).to_hyperparameters()
-    flat["modelname"] = raw.get("modelname")
-    return {key: flat[key] for key in raw}
-
-
 @pytest.mark.parametrize("encoding", ["str", "json", "v3"])
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_resolves_identically_in_every_launcher_encoding(example: str, encoding: str) -> None:
     raw = load_example(example)
     expected = JobConfig.from_hyperparameters(raw).resolved()
-    wire = encode_hyperparameters(typed_values(raw), encoding)  # type: ignore[arg-type]
+    wire = encode_hyperparameters(typed_hyperparameters(raw), encoding)  # type: ignore[arg-type]
     assert all(isinstance(v, str) for v in wire.values())
     assert JobConfig.from_hyperparameters(wire).resolved() == expected
 
@@ -51,6 +45,11 @@ def test_examples_hold_the_production_values_of_legacy_contracts() -> None:
 def test_schema_json_is_current() -> None:
     shipped = json.loads((HYPERPARAMETERS_DIR / "schema.json").read_text())
     assert shipped == json_schema(), "hyperparameters/schema.json is stale: run `make schema`"
+
+
+def test_shipped_metric_definitions_are_the_packaged_ones() -> None:
+    shipped = (HYPERPARAMETERS_DIR / "metric_definitions.json").read_text()
+    assert shipped == resources.files("tsa").joinpath("metric_definitions.json").read_text(), "run `make schema`"
 
 
 def test_string_field_keeps_numeric_text() -> None:

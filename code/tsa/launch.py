@@ -1,0 +1,148 @@
+"""`tsa launch`: start this image as a SageMaker training job (SDK v2 `Estimator`).
+
+    tsa launch --image-uri 123.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1 --role arn:aws:iam::...:role/x \\
+        --instance-type ml.g5.48xlarge --instance-count 2 --hyperparameters hyperparameters/na_dual.json \\
+        --channel train=s3://bucket/na/train/ --channel validation=s3://bucket/na/vali/ \\
+        --output-path s3://bucket/out/ --spot --max-wait 432000 --checkpoint-s3-uri s3://bucket/ckpt/ [--dry-run]
+
+Needs the optional extra `pip install 'tsa-training[launch]'` (`sagemaker>=2.257,<3`: SDK v3 has no
+`Estimator`); it is never installed in the training image. The generic `Estimator` sends each
+hyperparameter as `str(value)` (`True`, `0.0005`, `OrderFeature`), which the job decodes by field
+type; the metric definitions are the shipped `hyperparameters/metric_definitions.json`. Spot
+training sets `max_wait` and `checkpoint_s3_uri` (SageMaker syncs it with /opt/ml/checkpoints,
+where the job resumes from). `--dry-run` prints the CreateTrainingJob request and sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+DEFAULT_MAX_RUN = 5 * 24 * 3600  # the legacy production limit
+TELEMETRY_OPT_OUT = 'SchemaVersion: "1.0"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n'
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """The shipped SageMaker metric regexes (they match the job's `METRIC ...;` lines)."""
+    text = resources.files("tsa").joinpath("metric_definitions.json").read_text()
+    return json.loads(text)
+
+
+@dataclass
+class LaunchSpec:
+    """Everything a training job needs from the user."""
+
+    image_uri: str
+    role: str
+    hyperparameters: dict[str, Any]
+    channels: dict[str, str]
+    instance_type: str = "ml.g5.48xlarge"
+    instance_count: int = 1
+    output_path: str | None = None
+    spot: bool = False
+    max_run: int = DEFAULT_MAX_RUN
+    max_wait: int | None = None
+    checkpoint_s3_uri: str | None = None
+    volume_size: int = 200
+    input_mode: str = "File"
+    sharded_channels: list[str] = field(default_factory=list)
+    base_job_name: str = "tsa-training"
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def inputs(self) -> dict[str, Any]:
+        from sagemaker.inputs import TrainingInput
+
+        return {
+            name: TrainingInput(uri, distribution="ShardedByS3Key" if name in self.sharded_channels
+                                else "FullyReplicated", input_mode=self.input_mode)
+            for name, uri in self.channels.items()
+        }
+
+
+def opt_out_of_telemetry() -> None:
+    """SDK v2 sends usage telemetry from fit(); opt out through its config-file override."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is pinned on purpose (Estimator)
+    if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
+        path = Path(tempfile.gettempdir()) / "tsa-sagemaker-config.yaml"
+        path.write_text(TELEMETRY_OPT_OUT)
+        os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(path)
+
+
+def build_estimator(spec: LaunchSpec, session: Any = None) -> Any:
+    """The SDK v2 `Estimator` for `spec` (nothing is sent until `.fit`)."""
+    opt_out_of_telemetry()
+    from sagemaker.estimator import Estimator
+
+    spot = {}
+    if spec.spot:
+        spot = {"use_spot_instances": True, "max_wait": spec.max_wait or spec.max_run,
+                "checkpoint_s3_uri": spec.checkpoint_s3_uri}
+    return Estimator(
+        image_uri=spec.image_uri,
+        role=spec.role,
+        instance_count=spec.instance_count,
+        instance_type=spec.instance_type,
+        volume_size=spec.volume_size,
+        max_run=spec.max_run,
+        output_path=spec.output_path,
+        base_job_name=spec.base_job_name,
+        hyperparameters=spec.hyperparameters,
+        metric_definitions=metric_definitions(),
+        environment=spec.environment or None,
+        sagemaker_session=session,
+        disable_profiler=True,  # framework-container features: no use in this image
+        debugger_hook_config=False,
+        **spot,
+    )
+
+
+def local_session() -> Any:
+    """A LocalSession for SDK local mode (Docker + docker-compose on this machine)."""
+    opt_out_of_telemetry()
+    from sagemaker.local import LocalSession
+
+    session = LocalSession()
+    session.config = {"local": {"local_code": True, "container_config": {"shm_size": "1g"}}}
+    return session
+
+
+def dry_run_session(region: str) -> tuple[Any, list[dict[str, Any]]]:
+    """A real SDK session whose SageMaker client records CreateTrainingJob instead of sending it.
+
+    botocore skips the HTTP request when a `before-call` handler returns a response, so nothing
+    leaves the machine and no credentials are needed.
+    """
+    import boto3
+    import sagemaker
+
+    captured: list[dict[str, Any]] = []
+    client = boto3.Session(region_name=region).client("sagemaker")
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        captured.append(dict(params))
+
+    def short_circuit(**_: Any) -> tuple[Any, dict[str, Any]]:
+        arn = f"arn:aws:sagemaker:{region}:000000000000:training-job/dry-run"
+        return SimpleNamespace(status_code=200, headers={}), {"TrainingJobArn": arn}
+
+    client.meta.events.register("before-parameter-build.sagemaker.CreateTrainingJob", capture)
+    client.meta.events.register("before-call.sagemaker.CreateTrainingJob", short_circuit)
+    session = sagemaker.Session(boto_session=boto3.Session(region_name=region), sagemaker_client=client)
+    return session, captured
+
+
+def launch(spec: LaunchSpec, region: str | None = None, dry_run: bool = False) -> dict[str, Any] | str:
+    """Start the job (returns its name), or with `dry_run` return the request it would send."""
+    if dry_run:
+        session, captured = dry_run_session(region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        build_estimator(spec, session).fit(inputs=spec.inputs(), wait=False, logs=False)
+        return captured[0]
+    estimator = build_estimator(spec)
+    estimator.fit(inputs=spec.inputs(), wait=False, logs=False)
+    return str(estimator.latest_training_job.name)

@@ -1,0 +1,93 @@
+"""`tsa launch`: the CreateTrainingJob request, captured offline from the real SDK (no AWS).
+
+Run: .venv/bin/pytest tests/unit/test_launch.py
+The request is recorded from a real `sagemaker` v2 Estimator and botocore client; botocore's
+`before-call` hook answers instead of the network, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import load_example
+from tests.jobs import TINY, make_job, run_job
+from tsa.config import JobConfig, typed_hyperparameters
+from tsa.launch import LaunchSpec, launch, metric_definitions
+
+ENV = {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def request_for(example: str, **overrides: Any) -> dict[str, Any]:
+    spec = LaunchSpec(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1",
+                      role="arn:aws:iam::123456789012:role/SageMaker",
+                      hyperparameters=typed_hyperparameters(load_example(example)),
+                      channels={"train": "s3://bucket/train/", "validation": "s3://bucket/vali/"},
+                      output_path="s3://bucket/output/", **overrides)
+    result = launch(spec, dry_run=True)
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.parametrize("example", ["eu_single", "na_dual"])
+def test_hyperparameters_go_out_in_the_wire_form_the_job_decodes(aws_env: None, example: str) -> None:
+    request = request_for(example)
+    wire = request["HyperParameters"]
+    assert all(isinstance(v, str) for v in wire.values())
+    assert wire["use_amp"] == "True" and wire["lr"] == "5e-05"  # the generic Estimator's str(value)
+    assert JobConfig.from_hyperparameters(wire) == JobConfig.from_hyperparameters(load_example(example))
+
+
+def test_spot_sets_max_wait_and_checkpoints(aws_env: None) -> None:
+    request = request_for("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
+                          instance_count=2, sharded_channels=["train"])
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 432_000, "MaxWaitTimeInSeconds": 500_000}
+    assert request["CheckpointConfig"] == {"S3Uri": "s3://bucket/ckpt/"}
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    distributions = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3DataDistributionType"]
+                     for c in request["InputDataConfig"]}
+    assert distributions == {"train": "ShardedByS3Key", "validation": "FullyReplicated"}
+    assert request["AlgorithmSpecification"]["TrainingImage"].endswith("tsa-training:1")
+
+
+def test_metric_regexes_match_real_job_log_lines(aws_env: None, tmp_path: Path) -> None:
+    sent = request_for("eu_single")["AlgorithmSpecification"]["MetricDefinitions"]
+    assert sent == metric_definitions()
+    proc = run_job(make_job(tmp_path / "job", TINY))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for definition in sent:
+        values = re.findall(definition["Regex"], proc.stdout)
+        assert values, definition
+        assert all(float(v) == float(v) or v == "nan" for v in values)
+
+
+def test_cli_dry_run_prints_the_request(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "tsa", "launch", "--image-uri", "img:1", "--role", "arn:aws:iam::1:role/r",
+               "--hyperparameters", "hyperparameters/smoke.json", "--channel", "train=s3://b/t/",
+               "--channel", "validation=s3://b/v/", "--output-path", "s3://b/o/", "--dry-run"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**ENV, "PATH": ""},
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    request = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert request["HyperParameters"]["test_name"] == "smoke"
+
+
+def test_spot_without_checkpoint_uri_is_refused() -> None:
+    command = [sys.executable, "-m", "tsa", "launch", "--image-uri", "img:1", "--role", "r", "--hyperparameters",
+               "hyperparameters/smoke.json", "--channel", "train=s3://b/t/", "--spot", "--dry-run"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2 and "--checkpoint-s3-uri" in proc.stderr
