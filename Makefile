@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint schema clean
+.PHONY: install run test test-container lint schema clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ run: install
 	$(BIN)/python local_mode/run.py --hyperparameters hyperparameters/smoke.json --synth --job-dir runs/smoke --fresh
 
 test: install
-	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 tests/unit tests/equivalence $(PYTEST_ARGS)
+
+# Builds the local image (installing and starting a Docker engine if needed), then runs the image for real.
+test-container: install
+	docker/build.sh local
+	$(BIN)/pytest -m container tests/container -v $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check code tests local_mode bench

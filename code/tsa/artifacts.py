@@ -31,17 +31,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
 
-from tsa.config import JobConfig  # noqa: E402
-from tsa.contract import JobPaths  # noqa: E402
-from tsa.legacy import legacy_state_dict, project_state_dict  # noqa: E402
-from tsa.training.metrics import MEASURES, get_performance, positive_probability  # noqa: E402
-from tsa.training.system import EpochResult, Predictions  # noqa: E402
+from tsa.config import JobConfig
+from tsa.contract import JobPaths
+from tsa.legacy import legacy_state_dict, project_state_dict
+from tsa.training.metrics import MEASURES, get_performance, positive_probability
+from tsa.training.system import EpochResult, Predictions
 
 log = logging.getLogger(__name__)
 

@@ -196,7 +196,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from tsa.launch import LaunchSpec, launch
 
     try:
-        config = _read_config_file(args.hyperparameters)
+        _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
         raw = read_json_file(args.hyperparameters, required=True)
         if args.spot and not args.checkpoint_s3_uri:
             raise JobError("--spot needs --checkpoint-s3-uri: a spot job resumes from its checkpoints")

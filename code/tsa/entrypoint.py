@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import torch.distributed as dist
 
@@ -28,8 +30,8 @@ from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels,
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
-from tsa.training.distributed import configure_environment, is_launched_worker, world_layout
 from tsa.training.callbacks import StopRequested
+from tsa.training.distributed import configure_environment, is_launched_worker, world_layout
 from tsa.training.trainer import FitOutcome, fit
 
 log = logging.getLogger("tsa")
@@ -161,4 +163,11 @@ def main_train(base_dir: Path | None = None) -> int:
     paths = JobPaths.from_root(base_dir)
     if not is_launched_worker():
         clear_previous_outcome(paths)
+    # As PID 1 in a container, a signal without a handler is ignored; until training installs its
+    # checkpointing handler, SIGTERM ends the job at once.
+    signal.signal(signal.SIGTERM, _stop_before_training)
     return run_guarded(paths, lambda: train_job(paths))
+
+
+def _stop_before_training(signum: int, frame: FrameType | None) -> None:
+    raise StopRequested.before_training()

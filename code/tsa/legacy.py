@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tsa.config import JobConfig, ModelConfig
+from tsa.config import SECTIONS, JobConfig, ModelConfig
 from tsa.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -130,7 +130,7 @@ def save_weights(model: nn.Module, config: JobConfig, directory: Path) -> None:
 def read_saved_config(directory: Path) -> JobConfig:
     """The `JobConfig` stored beside saved weights."""
     data = json.loads((directory / CONFIG_FILE).read_text())
-    flat = {key: value for section in data.values() for key, value in section.items()}
+    flat = {key: value for name in SECTIONS for key, value in data[name].items()}
     return JobConfig.from_hyperparameters(flat)
 
 

@@ -138,6 +138,7 @@ def test_the_job_writes_the_data_error_to_the_failure_file(tmp_path: Path) -> No
     arrays = good_arrays()
     setting((3, 4, 0), np.nan, "X_seq_num")(arrays)
     root = job_with(tmp_path, arrays, "npy", HP)
+    write_channel(root / "input/data/validation", good_arrays(), "npy")
     assert main_train(root) == 2
     first = (root / "output/failure").read_text().splitlines()[0]
     assert first.startswith("channel 'train' file 'train_X_seq_num_v0.npy' array 'X_seq_num': example 3")

@@ -6,6 +6,7 @@ Run: .venv/bin/pytest tests/unit/test_training_e2e.py   (each job is a real `tsa
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import pickle
@@ -86,7 +87,7 @@ def test_job_writes_the_complete_artifact_set_and_serves(tmp_path: Path, model_t
     assert set(result["final"]) == {"validation", "calibration"}
     table = pickle.loads((model_dir / "percentile_score.pkl").read_bytes())
     assert len(table) == 1000 and [k for _, k in table] == [k / 1000 for k in range(1000)]
-    assert all(a[0] <= b[0] for a, b in zip(table, table[1:], strict=False))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(table))
     assert len((model_dir / "score_file.csv").read_text().split()) == 160
 
     # The serving code scores a batch from the artifacts alone, as the training job scored it.
@@ -119,7 +120,7 @@ def test_metric_definitions_match_the_job_log(tmp_path: Path) -> None:
         found = re.findall(definition["Regex"], log)
         assert found, f"{definition['Name']}: no log line matches {definition['Regex']}"
         [float(value) for value in found]
-    aucs = [float(v) for v in re.findall(r"validation_auc=([0-9.eE+-]+);", log)]
+    aucs = [float(v) for v in re.findall(r" validation_auc=([0-9.eE+-]+);", log)]
     assert aucs == [round(epoch["validation_auc"], 4) for epoch in metrics(root)["epochs"]]
 
 
@@ -155,33 +156,46 @@ def test_two_hosts_train_together_and_only_rank_zero_writes(tmp_path: Path) -> N
     assert files_under(roots[1] / "model") == set()
 
 
-def test_sigterm_mid_epoch_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    hp = {**TINY, "batch_size": "8", "max_epoch": "3", "log_every_n_steps": "1"}
-    reference = make_job(tmp_path / "reference", hp)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reference = make_job(tmp_path_factory.mktemp("reference") / "job", RESUME_HP)
     assert run_job(reference).returncode == 0
+    return reference
 
-    root = make_job(tmp_path / "stopped", hp, data=reference / "input/data")
+
+RESUME_HP = {**TINY, "batch_size": "8", "max_epoch": "3", "log_every_n_steps": "1"}  # 40 steps an epoch
+
+
+@pytest.mark.parametrize(("signum", "at_step"), [(signal.SIGTERM, 12), (signal.SIGKILL, 52)],
+                         ids=["sigterm_mid_epoch_0", "sigkill_in_epoch_1_resumes_from_its_start"])
+def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninterrupted: Path, signum: int,
+                                                          at_step: int) -> None:
+    root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.startswith("METRIC step=12;"):  # mid-way through epoch 0 (40 steps an epoch)
-            proc.send_signal(signal.SIGTERM)
+        if line.startswith(f"METRIC step={at_step};"):
+            proc.send_signal(signum)
             break
     started = time.monotonic()
     rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, rest[-3000:]
     assert time.monotonic() - started < 60
-    assert (root / "checkpoints/last.ckpt").is_file() and not (root / "checkpoints/last.ckpt").is_symlink()
-    assert (root / "output/failure").read_text().startswith("training stopped by SIGTERM")
+    checkpoint = root / "checkpoints/last.ckpt"
+    assert checkpoint.is_file() and not checkpoint.is_symlink()
     assert not (root / "model/model.safetensors").exists()
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 143, rest[-3000:]
+        assert (root / "output/failure").read_text().startswith("training stopped by SIGTERM")
 
     resumed = run_job(root)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
-    ours, theirs = load_file(str(root / "model/model.safetensors")), load_file(str(reference / "model/model.safetensors"))
+    assert not (root / "output/failure").exists()
+    ours = load_file(str(root / "model/model.safetensors"))
+    theirs = load_file(str(uninterrupted / "model/model.safetensors"))
     assert ours.keys() == theirs.keys()
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
-    assert metrics(root)["epochs"] == metrics(reference)["epochs"][: len(metrics(root)["epochs"])]
+    assert metrics(root)["epochs"] == metrics(uninterrupted)["epochs"]

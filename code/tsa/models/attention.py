@@ -8,11 +8,13 @@ pre-norm layer of the feature attention. Layouts are sequence-first `(S, B, E)` 
 
 The op order (dropout calls, tensor layouts) mirrors the legacy code so that a seed gives the
 same dropout masks in training (spec §4.5).
+
+Everything here is TorchScript-compilable (the classifiers are served as `torch.jit.script`
+modules): constant flags are `Final`, so the branch a model was not built for is not compiled.
 """
 
-from __future__ import annotations
-
 import warnings
+from typing import Final
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +22,12 @@ from torch import Tensor, nn
 
 from tsa.models.moe import MoE, SecondPolicy
 
-TIME_SCALE_SECONDS = 1_000_000.0  # hard-coded in legacy (≈ 11.6 days)
-
 
 def temporal_weights(time: Tensor) -> Tensor:
     """alpha[b, i, j] = exp((t_i - t_j) / 1e6) from `time (S, B, 1)` -> `(B, S, S)`."""
     t = time.permute(1, 0, 2)  # (B, S, 1)
-    return torch.exp((t - t.transpose(1, 2)) / TIME_SCALE_SECONDS)
+    # 1e6 s (≈ 11.6 days), hard-coded in legacy; a literal as TorchScript cannot read module-level floats.
+    return torch.exp((t - t.transpose(1, 2)) / 1_000_000.0)
 
 
 class TemporalMultiheadAttention(nn.Module):
@@ -107,6 +108,8 @@ def build_feedforward(
 
 class AttentionLayer(nn.Module):
     """Post-norm layer of the order attention: x = LN1(x + attn(x)); x = LN2(x + FFN(x))."""
+
+    use_time_seq: Final[bool]  # Final: TorchScript compiles only the attention kind this layer has
 
     def __init__(
         self,

@@ -9,12 +9,14 @@ Differences from legacy: none by default. Quirks kept on purpose: the dummy toke
 feature attention's `layer_norm` are never used (Q11, kept for state-dict compatibility); the
 feature attention's summary token is the padding row of `embedding_engineered` (Q10), so it is
 looked up through the `padding_idx=0` embedding and never receives gradient.
+
+TorchScript-compilable; flags fixed at construction are `Final`, so the branches (and the
+optional bias parameters) a model was not built with are not compiled.
 """
 
-from __future__ import annotations
+from typing import Final
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tsa.models.attention import AttentionLayer, AttentionLayerPreNorm
@@ -27,9 +29,8 @@ def numerical_feature_ids(n_embedding: int, n_num_features: int, device: torch.d
     return torch.arange(n_embedding - n_num_features + 1, n_embedding + 1, device=device)
 
 
-def embed_numerical(embedding: nn.Embedding, ids: Tensor, x_num: Tensor) -> Tensor:
-    """Each numerical feature's table row times its value: x_num (..., nn) -> (..., nn, d)."""
-    rows = F.embedding(ids, embedding.weight, embedding.padding_idx)  # (nn, d)
+def embed_numerical(rows: Tensor, x_num: Tensor) -> Tensor:
+    """Each numerical feature's table row `rows (nn, d)` times its value: x_num (..., nn) -> (..., nn, d)."""
     return rows * x_num.unsqueeze(-1)
 
 
@@ -40,6 +41,9 @@ class OrderAttentionLayer(nn.Module):
     or None, `key_padding_mask (B, L+1)` (True = padded; last column = dummy, always False).
     Output: the dummy position `(B, E)`, or the whole `(B, L+1, E)` when `return_seq`.
     """
+
+    use_time_seq: Final[bool]
+    return_seq: Final[bool]
 
     def __init__(
         self,
@@ -93,12 +97,12 @@ class OrderAttentionLayer(nn.Module):
         cat = self.embedding(x_cat.int())  # (B, L, nc, d); ids travel as float32 (Q17)
         cat = self.feature_aggregation_cat(cat.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
         ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
-        num = embed_numerical(self.embedding, ids, x_num)  # (B, L, nn, d)
+        num = embed_numerical(self.embedding(ids), x_num)  # (B, L, nn, d)
         num = self.feature_aggregation_num(num.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
         h = self.layer_norm_feature(torch.cat([cat, num], dim=-1).permute(1, 0, 2))  # (L, B, E)
         h = torch.cat([h, self.dummy_order.unsqueeze(0).expand(1, batch, -1)], dim=0)  # (S, B, E)
         h = self.layer_norm(h)
-        time = None
+        time: Tensor | None = None
         if self.use_time_seq:
             if time_seq is None:
                 raise ValueError("OrderAttentionLayer built with use_time_seq needs time_seq")
@@ -116,6 +120,9 @@ class FeatureAttentionLayer(nn.Module):
     Tokens: nc categorical + nn numerical (+ bias), ne engineered (+ bias), and a summary token
     (the zero padding row of `embedding_engineered`) whose output is returned `(B, d)`.
     """
+
+    use_bias: Final[bool]
+    use_engineered_bias: Final[bool]  # Final: without that parameter, TorchScript must not compile its use
 
     def __init__(
         self,
@@ -147,18 +154,19 @@ class FeatureAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)  # unused (Q11)
         self.layer_norm = nn.LayerNorm(dim_embed)  # unused (Q11)
         self.use_bias = emb_tbl_use_bias
+        self.use_engineered_bias = emb_tbl_use_bias and n_engineered_num_features > 0
         if emb_tbl_use_bias:
             self.emb_tbl_bias = nn.Parameter(torch.randn(n_cat_features + n_num_features, dim))
         self.embedding_engineered = embedding_table_engineered
         self.layer_norm_engineered = nn.LayerNorm(dim)
-        if emb_tbl_use_bias and n_engineered_num_features > 0:
+        if self.use_engineered_bias:
             self.engineered_emb_tbl_bias = nn.Parameter(torch.randn(n_engineered_num_features, dim))
 
     def forward(self, x_cat: Tensor, x_num: Tensor, x_engineered: Tensor | None) -> Tensor:
         batch = x_cat.shape[0]
         cat = self.embedding(x_cat[:, -1].int())  # (B, nc, d): the current order only
         ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
-        num = embed_numerical(self.embedding, ids, x_num[:, -1])  # (B, nn, d)
+        num = embed_numerical(self.embedding(ids), x_num[:, -1])  # (B, nn, d)
         tokens = torch.cat([cat, num], dim=1)
         if self.use_bias:
             tokens = tokens + self.emb_tbl_bias
@@ -168,7 +176,7 @@ class FeatureAttentionLayer(nn.Module):
                 raise ValueError(f"FeatureAttentionLayer expects {self.n_engineered} engineered features, got None")
             eng_ids = torch.arange(1, self.n_engineered + 1, device=x_cat.device)
             engineered = self.embedding_engineered(eng_ids) * x_engineered.float().unsqueeze(-1)  # (B, ne, d)
-            if self.use_bias:
+            if self.use_engineered_bias:
                 engineered = engineered + self.engineered_emb_tbl_bias
             parts.append(engineered)
         summary_ids = torch.zeros(batch, 1, dtype=torch.int32, device=x_cat.device)

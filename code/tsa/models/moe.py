@@ -10,9 +10,11 @@ Differences from legacy (all default off, legacy-exact by default):
   `deterministic_eval=True` switches eval to the (repaired, Q5) "threshold" policy.
 - Q5: the legacy "threshold" policy crashed (missing unsqueeze); here it works.
 - Q6: the balancing loss is computed and discarded, as in the legacy `MoE`.
-"""
 
-from __future__ import annotations
+TorchScript-compilable (the capacity follows the batch at run time, which tracing would freeze).
+The constants (minimum capacity 4, gate epsilon 1e-9) are literals: TorchScript cannot read
+module-level numbers.
+"""
 
 import math
 from typing import Literal
@@ -22,8 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SecondPolicy = Literal["all", "none", "threshold", "random"]
-MIN_EXPERT_CAPACITY = 4
-GATE_EPS = 1e-9
 
 
 def _exclusive_cumsum(t: Tensor, dim: int) -> Tensor:
@@ -33,13 +33,19 @@ def _exclusive_cumsum(t: Tensor, dim: int) -> Tensor:
 
 def _safe_one_hot(indexes: Tensor, max_length: int) -> Tensor:
     """one_hot(indexes) truncated to `max_length` columns (indexes >= max_length -> all zero)."""
-    width = max(max_length, int(indexes.max()) + 1) if indexes.numel() else max_length
+    width = max(max_length, int(indexes.max()) + 1) if indexes.numel() > 0 else max_length
     return F.one_hot(indexes, width)[..., :max_length]
+
+
+def _top1(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Largest value and its index along the last axis, that axis dropped."""
+    values, indexes = x.topk(k=1, dim=-1)
+    return values.squeeze(-1), indexes.squeeze(-1)
 
 
 def expert_capacity(group_size: int, num_experts: int, capacity_factor: float) -> int:
     """Slots per expert: max(min(n, int(n*cf/K)), 4), in Python float arithmetic as legacy."""
-    return max(min(group_size, int((group_size * capacity_factor) / num_experts)), MIN_EXPERT_CAPACITY)
+    return max(min(group_size, int((group_size * capacity_factor) / num_experts)), 4)
 
 
 class Experts(nn.Module):
@@ -85,13 +91,13 @@ class Top2Gating(nn.Module):
         group_size, k = x.shape[-2], self.num_gates
         raw_gates = torch.einsum("...bnd,...de->...bne", x, self.w_gating).softmax(dim=-1)  # (b, n, K)
 
-        gate_1, index_1 = (t.squeeze(-1) for t in raw_gates.topk(k=1, dim=-1))
+        gate_1, index_1 = _top1(raw_gates)
         mask_1 = F.one_hot(index_1, k).float()
         density_1 = mask_1.mean(dim=-2)
-        gate_2, index_2 = (t.squeeze(-1) for t in (raw_gates * (1.0 - mask_1)).topk(k=1, dim=-1))
+        gate_2, index_2 = _top1(raw_gates * (1.0 - mask_1))
         mask_2 = F.one_hot(index_2, k).float()
 
-        denom = gate_1 + gate_2 + GATE_EPS
+        denom = gate_1 + gate_2 + 1e-9
         gate_1 = gate_1 / denom
         gate_2 = gate_2 / denom
         loss = (raw_gates.mean(dim=-2) * density_1).mean() * float(k**2)
@@ -118,7 +124,7 @@ class Top2Gating(nn.Module):
             + gate_2[..., None, None] * keep_2[..., None, None] * F.one_hot(index_2, k)[..., None]
             * _safe_one_hot(slot_2.long(), capacity)[..., None, :]
         )  # (b, n, K, C)
-        dispatch = combine.bool().to(combine)
+        dispatch = combine.to(torch.bool).to(combine)  # not `.bool()`: TorchScript lacks it
         return dispatch, combine, loss
 
     def _second_expert_keep(self, gate_2: Tensor, stage: str) -> Tensor:
@@ -132,7 +138,7 @@ class Top2Gating(nn.Module):
             return (gate_2 > threshold).float()
         # "random": u < g2 / threshold; the draw (same stream as torch.rand(b, n)) also happens in eval (Q4).
         probs = torch.zeros_like(gate_2).uniform_(0.0, 1.0)
-        return (probs < (gate_2 / max(threshold, GATE_EPS))).float()
+        return (probs < (gate_2 / max(threshold, 1e-9))).float()
 
 
 class MoE(nn.Module):
@@ -157,7 +163,7 @@ class MoE(nn.Module):
         dispatch, combine, _ = self.gate(inputs)  # balance loss discarded as in legacy (Q6)
         expert_inputs = torch.einsum("bnd,bnec->ebcd", inputs, dispatch)  # (K, b, C, dim)
         shape = expert_inputs.shape
-        expert_outputs = self.experts(expert_inputs.reshape(self.num_experts, -1, dim)).reshape(*shape)
+        expert_outputs = self.experts(expert_inputs.reshape(self.num_experts, -1, dim)).reshape(shape)
         # With K = 1 this einsum returns a non-contiguous tensor; the dropout after it depends on
         # that layout for RNG-exact training (quirk Q8), so it is kept as is.
         return torch.einsum("ebcd,bnec->bnd", expert_outputs, combine)

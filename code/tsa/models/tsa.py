@@ -11,9 +11,11 @@ Attribute names are the legacy state-dict keys; the shared table appears under `
 Differences from legacy: none by default; `cfg.fix_*` flags switch on the documented fixes.
 Quirks kept: the unused top-level `layer_norm` and `dropout` (Q11); `use_mlp` is rejected in
 the config (Q15). Construction order is the legacy global-RNG draw order (spec §4.4).
+
+Served as `torch.jit.script(model)` (eval mode): every module of the forward is scriptable.
 """
 
-from __future__ import annotations
+from typing import Final
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +59,8 @@ def build_feature_attention(cfg: ModelConfig, table: nn.Embedding, engineered: n
 
 class SingleSequenceTSA(nn.Module):
     """Order + feature attention over one order history; returns `(scores, ensemble)`."""
+
+    use_time_seq: Final[bool]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

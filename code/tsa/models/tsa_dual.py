@@ -12,9 +12,13 @@ Differences from legacy (default: none). Quirks kept on purpose:
   their weight; the ccid encoder runs on the sub-batch of kept rows (changes MoE capacity and
   RNG draw shapes); the gate network's sizes are fixed (16/32/128, 1 head, 1 layer, no time).
 - Q34: `key_padding_mask_ccid` is required.
+
+Scriptable: the ccid sub-batch is chosen at run time, so the model is served as
+`torch.jit.script(model)`, not traced. The gate threshold 0.05 and the Q1 literal 50 are
+literals in the forward: TorchScript cannot read module-level numbers.
 """
 
-from __future__ import annotations
+from typing import Final
 
 import torch
 from torch import Tensor, nn
@@ -27,12 +31,14 @@ GATE_TABLE_DIM = 16
 GATE_EMBED_DIM = 32
 GATE_FEEDFORWARD = 128
 GATE_HIDDEN = 256
-GATE_THRESHOLD = 0.05
-LEGACY_NO_HISTORY_PADDED_ROWS = 50  # quirk Q1: a literal, right only for 51-row data
 
 
 class DualSequenceTSA(nn.Module):
     """cid + ccid order attention mixed by a learned gate, plus cid feature attention."""
+
+    use_time_seq: Final[bool]
+    fix_gate_history_rule: Final[bool]
+    order_width: Final[int]
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -40,6 +46,7 @@ class DualSequenceTSA(nn.Module):
         self.config = cfg
         self.use_time_seq = cfg.use_time_seq
         self.fix_gate_history_rule = cfg.fix_gate_history_rule
+        self.order_width = 2 * d  # what the order encoders return per row
         self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
         self.order_attention_cid = build_order_attention(cfg, self.embedding)
         self.order_attention_ccid = build_order_attention(cfg, self.embedding)
@@ -63,7 +70,7 @@ class DualSequenceTSA(nn.Module):
         """Rows whose ccid gate is forced to 0 (legacy: exactly 50 padded positions, Q1)."""
         if self.fix_gate_history_rule:
             return key_padding_mask_ccid[:, :-2].all(dim=1)  # every history row padded
-        return key_padding_mask_ccid.sum(dim=1) == LEGACY_NO_HISTORY_PADDED_ROWS
+        return key_padding_mask_ccid.sum(dim=1) == 50  # quirk Q1: right only for 51-row data
 
     def forward(
         self,
@@ -84,11 +91,10 @@ class DualSequenceTSA(nn.Module):
         gate_ccid = self.gate_emb(x_seq_cat_ccid, x_seq_num_ccid, time_seq_ccid, attn_mask, key_padding_mask_ccid)
         gate = self.gate_score(torch.cat([gate_cid, gate_ccid], dim=-1)).clone()  # (B, 2)
         gate[self.no_ccid_history(key_padding_mask_ccid), 1] = 0  # not renormalised (Q2)
-        keep = torch.nonzero(gate[:, 1] > GATE_THRESHOLD).squeeze(1)
+        keep = torch.nonzero(gate[:, 1] > 0.05).squeeze(1)
 
         batch = x_seq_cat_cid.shape[0]
-        width = 2 * self.config.dim_embedding_table
-        order_ccid = torch.zeros(batch, width, dtype=gate.dtype, device=gate.device)
+        order_ccid = torch.zeros(batch, self.order_width, dtype=gate.dtype, device=gate.device)
         t_cid, t_ccid = (time_seq_cid, time_seq_ccid) if self.use_time_seq else (None, None)
         order_cid = self.order_attention_cid(x_seq_cat_cid, x_seq_num_cid, t_cid, attn_mask, key_padding_mask_cid)
         if keep.numel() > 0:

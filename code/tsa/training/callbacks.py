@@ -1,12 +1,10 @@
 """Callbacks: the legacy model selection, spot-safe checkpoints, SIGTERM, and log lines.
 
-- `EpochData`: tells the batch streams the epoch (legacy sampler order) and, after a mid-epoch
-  resume, how many batches to skip.
 - `LegacySelection`: best model by rounded validation AUC (strictly better, Q21) and early
   stopping on it (ties count as improvement), with the legacy state kept in checkpoints.
-- `SpotCheckpoint`: `last.ckpt` as a real file, atomically replaced, at every epoch end and when
-  SIGTERM arrives (at the next training-batch boundary all ranks agree on); the RNG states travel
-  in it so a resumed run continues exactly.
+- `SpotCheckpoint`: tells the batch stream its epoch (legacy sampler order); writes `last.ckpt`
+  as a real file, atomically replaced, after every epoch and when SIGTERM arrives (at the next
+  training-batch boundary all ranks agree on); resumes exactly (data position and RNG states).
 - `MetricLines`: one fixed-format line per epoch and per N steps that SageMaker's metric regexes
   (`hyperparameters/metric_definitions.json`) and a person can read; no carriage returns.
 """
@@ -39,32 +37,22 @@ SIGTERM_CHECK_EVERY = 4  # training steps between the (collective) checks for a 
 
 
 class StopRequested(Exception):
-    """Raised on every rank after the SIGTERM checkpoint was written."""
+    """SIGTERM (stop, timeout, spot): raised on every rank once it is safe to exit."""
 
-    def __init__(self, checkpoint: Path, epoch: int, step: int) -> None:
-        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
-        super().__init__(
+    @classmethod
+    def after_checkpoint(cls, checkpoint: Path, epoch: int, step: int) -> StopRequested:
+        return cls(
             f"training stopped by SIGTERM (stop, timeout or spot interruption) at epoch {epoch}, step {step}; "
             f"checkpoint saved to {checkpoint}; run the job again with the same checkpoint folder to resume"
         )
 
+    @classmethod
+    def before_training(cls) -> StopRequested:
+        return cls("training stopped by SIGTERM before training started; nothing to checkpoint")
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class EpochData(L.Callback):
-    """Set the training stream's epoch (and resume offset) before each epoch's iterator is made."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        stream = trainer.datamodule.streams.get("train")  # type: ignore[attr-defined]
-        if stream is None:
-            return
-        stream.set_epoch(trainer.current_epoch)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        stream.start_batch = done if trainer.fit_loop.epoch_loop.restarting else 0
-        if stream.start_batch:
-            log.info("resuming epoch %d after batch %d", trainer.current_epoch, stream.start_batch)
 
 
 class LegacySelection(L.Callback):
@@ -88,6 +76,10 @@ class LegacySelection(L.Callback):
         if self.stopper.early_stop:
             log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
                      result.epoch, self.stopper.patience)
+            trainer.should_stop = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopper.early_stop:  # resumed after the stop decision (e.g. died while exporting)
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,26 +110,36 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class SpotCheckpoint(L.Callback):
-    """`last.ckpt` at every epoch end and on SIGTERM; restores RNG state on resume."""
+    """Resumable training: `last.ckpt` after each epoch's validation and on SIGTERM; exact resume.
+
+    The checkpoint holds, beyond Lightning's state, the epoch and the number of its batches
+    already trained (the batch stream skips them on resume) and every RNG state. RNG states are
+    restored at the moment they were taken: before the epoch's data iterator is made for an
+    epoch-start checkpoint (making it draws from the global RNG), after it for a mid-epoch one.
+    """
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.path = checkpoint_dir / LAST_CHECKPOINT
         self.stop_requested = False
-        self._pending_rng: dict[str, Any] | None = None
+        self.batches_done = 0
+        self._resume: dict[str, Any] | None = None
+        self._rng_after_iterator: dict[str, Any] | None = None
+        self._next: dict[str, int] | None = None
         self._previous_handler: Any = None
+        self._launcher: Any = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Replace Lightning's SIGTERM handler (it runs a collective inside the signal handler):
-        # ours only records the request and forwards it to locally launched ranks.
-        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._launcher = trainer.strategy.launcher
+    # -- SIGTERM ---------------------------------------------------------------------------
+    def _install_handler(self, trainer: L.Trainer) -> None:
+        """Own SIGTERM (Lightning's handler runs a collective inside the signal handler)."""
+        if signal.getsignal(signal.SIGTERM) != self._on_sigterm:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._launcher = trainer.strategy.launcher
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if not self.stop_requested:
             log.warning("SIGTERM received: checkpointing at the next training step, then exiting")
-            launcher = getattr(self, "_launcher", None)
-            if launcher is not None and hasattr(launcher, "kill"):
-                launcher.kill(signum)
+            if self._launcher is not None and hasattr(self._launcher, "kill"):
+                self._launcher.kill(signum)  # the ranks Lightning started on this host
         self.stop_requested = True
 
     def _agreed_stop(self, trainer: L.Trainer) -> bool:
@@ -146,23 +148,52 @@ class SpotCheckpoint(L.Callback):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    # -- epochs and resume -----------------------------------------------------------------
+    def _stream(self, trainer: L.Trainer) -> Any:
+        return trainer.datamodule.streams.get("train")  # type: ignore[attr-defined]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install_handler(trainer)
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return
+        stream = self._stream(trainer)
+        stream.set_epoch(resume["epoch"])
+        stream.start_batch = self.batches_done = resume["batches_done"]
+        if resume["batches_done"]:  # mid-epoch
+            log.info("resuming epoch %d after batch %d", resume["epoch"], resume["batches_done"])
+            self._rng_after_iterator = resume["rng"]
+        else:
+            _set_rng_state(resume["rng"])
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stream = self._stream(trainer)
+        if self.batches_done and stream.epoch == trainer.current_epoch:
+            return  # the resumed epoch, already placed by on_train_start
+        stream.set_epoch(trainer.current_epoch)
+        stream.start_batch = self.batches_done = 0
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng)  # after the epoch's iterator was made, as in the original run
-            self._pending_rng = None
+        self._install_handler(trainer)
+        if self._rng_after_iterator is not None:
+            _set_rng_state(self._rng_after_iterator)
+            self._rng_after_iterator = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self.batches_done += 1
         step = trainer.global_step
         check = not _distributed() or step % SIGTERM_CHECK_EVERY == 0
         if check and self._agreed_stop(trainer):
             self.save(trainer)
-            raise StopRequested(self.path, trainer.current_epoch, step)
+            raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._next = {"epoch": trainer.current_epoch + 1, "batches_done": 0}  # the epoch is complete
             self.save(trainer)
+            self._next = None
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -175,11 +206,12 @@ class SpotCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        checkpoint["tsa_rng"] = _rng_state()
+        position = self._next or {"epoch": trainer.current_epoch, "batches_done": self.batches_done}
+        checkpoint["tsa_resume"] = {**position, "rng": _rng_state()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._pending_rng = checkpoint.get("tsa_rng")
+        self._resume = checkpoint.get("tsa_resume")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._previous_handler is not None:

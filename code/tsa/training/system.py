@@ -164,6 +164,13 @@ class TsaSystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tsa_config"] = self.config.resolved()
         checkpoint["tsa_history"] = [vars(result) for result in self.history]
+        checkpoint["tsa_epoch_progress"] = {"train_loss_sum": self._train_loss_sum.detach().cpu(),
+                                            "train_batches": self._train_batches, "epoch_lr": self._epoch_lr}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [EpochResult(**result) for result in checkpoint.get("tsa_history", [])]
+        progress = checkpoint.get("tsa_epoch_progress")
+        if progress is not None:
+            self._train_loss_sum = progress["train_loss_sum"].to(self.device)
+            self._train_batches = progress["train_batches"]
+            self._epoch_lr = progress["epoch_lr"]

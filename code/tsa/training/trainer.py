@@ -26,7 +26,6 @@ from tsa.models import build_model
 from tsa.training.callbacks import (
     BEST_WEIGHTS,
     LAST_CHECKPOINT,
-    EpochData,
     LegacySelection,
     MetricLines,
     SpotCheckpoint,
@@ -98,7 +97,8 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
     system = TsaSystem(model, config)
     datamodule = TsaDataModule(config, channels)
     selection = LegacySelection(config.train.patience, checkpoint_dir)
-    callbacks = [EpochData(), selection, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir)]
+    # Order matters: selection updates before the metric line and the checkpoint read it.
+    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir)]
     trainer = build_trainer(config, layout, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():

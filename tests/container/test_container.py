@@ -1,0 +1,133 @@
+"""The image, run for real: `make test-container` builds it, then runs these cases.
+
+Run: make test-container    (or, with the image built: .venv/bin/pytest -m container tests/container -v)
+
+(a) one container trains on synthetic data -> the complete artifact set, identical to the
+    process engine's run of the same job; (b) two containers (algo-1, algo-2, gloo) train as one
+    job -> both exit 0, only rank 0 writes artifacts; (c) bad hyperparameters -> exit 2 and the
+    same failure text as the process engine; (d) `docker stop` mid-training -> checkpoint written,
+    exit inside the grace period; (e) SageMaker SDK local mode, instance_count=2, file:// inputs
+    -> model.tar.gz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.jobs import TINY, make_job, metrics, run_job
+
+pytestmark = pytest.mark.container
+
+IMAGE = os.environ.get("TSA_IMAGE", "tsa-training:local")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def docker(*args: str, timeout: int = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def image_exists() -> None:
+    proc = docker("image", "inspect", IMAGE)
+    assert proc.returncode == 0, f"image {IMAGE} is missing: run `make test-container` (it builds it)"
+
+
+def run_container(job: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return docker("run", "--rm", "--network", "none", "--shm-size", "1g", "-v", f"{job}:/opt/ml", *extra, IMAGE,
+                  "train")
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_single_container_job_matches_the_process_engine(tmp_path: Path) -> None:
+    reference = make_job(tmp_path / "process", TINY)
+    assert run_job(reference).returncode == 0
+    job = make_job(tmp_path / "docker", TINY, data=None)
+    for channel in ("train", "validation", "calibration"):  # the same data, as files (no symlink into the mount)
+        for item in (reference / "input/data" / channel).iterdir():
+            (job / "input/data" / channel).mkdir(parents=True, exist_ok=True)
+            (job / "input/data" / channel / item.name).write_bytes(item.read_bytes())
+    proc = run_container(job)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(proc.stdout[-1500:])
+    assert files_under(job / "model") == files_under(reference / "model")
+    assert files_under(job / "output/data") == files_under(reference / "output/data")
+    assert metrics(job)["epochs"] == metrics(reference)["epochs"]
+    assert (job / "output/data/predictions_validation.csv").read_text() == \
+        (reference / "output/data/predictions_validation.csv").read_text()
+
+
+def test_b_two_containers_train_as_one_job(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "local_mode/run.py", "--hyperparameters", "hyperparameters/smoke.json",
+                           "--synth", "--rows", "train=320,validation=160,calibration=96", "--engine", "docker",
+                           "--hosts", "2", "--image", IMAGE, "--job-dir", str(tmp_path / "job")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    print(log[-3000:])
+    assert proc.returncode == 0, log[-3000:]
+    assert "world: 2 node(s) x 1 cpu process(es)" in log
+    assert "model.safetensors" in files_under(tmp_path / "job/algo-1/model")
+    assert files_under(tmp_path / "job/algo-2/model") == set()
+
+
+def test_c_bad_hyperparameters_fail_like_the_process_engine(tmp_path: Path) -> None:
+    bad = {**TINY, "dropout": "2"}
+    reference = make_job(tmp_path / "process", bad, rows="train=40,validation=20,calibration=20")
+    assert run_job(reference).returncode == 2
+    job = make_job(tmp_path / "docker", bad, rows="train=40,validation=20,calibration=20")
+    proc = run_container(job)
+    assert proc.returncode == 2
+    failure = (job / "output/failure").read_text()
+    assert failure == (reference / "output/failure").read_text()
+    assert failure.startswith("hyperparameter 'dropout' = '2'")
+    assert "Traceback" not in failure and "Traceback" in proc.stderr
+
+
+def test_d_docker_stop_checkpoints_within_the_grace_period(tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", {**TINY, "batch_size": "8", "max_epoch": "50", "log_every_n_steps": "1"},
+                   rows="train=2000,validation=100,calibration=50")
+    name = f"tsa-stop-{os.getpid()}"
+    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{job}:/opt/ml", IMAGE, "train", check=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "METRIC step=" not in docker("logs", name).stdout:
+            assert time.monotonic() < deadline, docker("logs", name).stdout[-2000:]
+            time.sleep(1)
+        started = time.monotonic()
+        docker("stop", "-t", "120", name, check=True)
+        elapsed = time.monotonic() - started
+        state = json.loads(docker("inspect", name, check=True).stdout)[0]["State"]
+        logs = docker("logs", name)
+    finally:
+        docker("rm", "-f", name)
+    assert elapsed < 60, f"took {elapsed:.0f} s: the job must checkpoint and exit well inside 120 s"
+    assert state["ExitCode"] == 143, logs.stdout[-2000:] + logs.stderr[-2000:]
+    assert (job / "checkpoints/last.ckpt").is_file()
+    assert (job / "output/failure").read_text().startswith("training stopped by SIGTERM")
+
+
+def test_e_sagemaker_sdk_local_mode_two_instances(tmp_path: Path) -> None:
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.run([sys.executable, "local_mode/run.py", "--hyperparameters", "hyperparameters/smoke.json",
+                           "--synth", "--rows", "train=320,validation=160,calibration=96", "--engine", "sagemaker",
+                           "--hosts", "2", "--image", IMAGE, "--job-dir", str(tmp_path / "job")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    log = proc.stdout + proc.stderr
+    print(log[-3000:])
+    assert proc.returncode == 0, log[-4000:]
+    archives = list((tmp_path / "job/sagemaker").rglob("model.tar.gz"))
+    assert archives, log[-3000:]
+    with tarfile.open(archives[0]) as archive:
+        names = set(archive.getnames())
+    assert {"model.safetensors", "model.pt", "code/inference.py", "metrics.json", "smoke.pt"} <= names
