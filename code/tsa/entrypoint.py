@@ -133,11 +133,15 @@ def train_job(paths: JobPaths) -> None:
     configure_environment(layout)
     checkpoint_dir = Path(config.runtime.checkpoint_dir) if config.runtime.checkpoint_dir else paths.checkpoint_dir
     outcome = fit(config, channels, layout, checkpoint_dir, work_dir=paths.root / "output" / ".lightning")
+    distributed = dist.is_available() and dist.is_initialized()
     try:
         if outcome.trainer.is_global_zero:
             export_job_artifacts(paths, config, outcome)
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
+            # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
+            # as one exits, which would cut the export short.
+            dist.barrier()
             dist.destroy_process_group()
 
 

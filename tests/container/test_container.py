@@ -81,10 +81,12 @@ def test_b_two_containers_train_as_one_job(tmp_path: Path) -> None:
 
 
 def test_c_bad_hyperparameters_fail_like_the_process_engine(tmp_path: Path) -> None:
-    bad = {**TINY, "dropout": "2"}
-    reference = make_job(tmp_path / "process", bad, rows="train=40,validation=20,calibration=20")
+    bad = json.dumps({**TINY, "dropout": "2"})
+    reference = make_job(tmp_path / "process", TINY, rows="train=40,validation=20,calibration=20")
+    job = make_job(tmp_path / "docker", TINY, rows="train=40,validation=20,calibration=20")
+    for root in (reference, job):
+        (root / "input/config/hyperparameters.json").write_text(bad)
     assert run_job(reference).returncode == 2
-    job = make_job(tmp_path / "docker", bad, rows="train=40,validation=20,calibration=20")
     proc = run_container(job)
     assert proc.returncode == 2
     failure = (job / "output/failure").read_text()

@@ -31,10 +31,20 @@ def temporal_weights(time: Tensor) -> Tensor:
 
 
 class TemporalMultiheadAttention(nn.Module):
-    """Multi-head self-attention whose logits are scaled per pair by the time difference."""
+    """Multi-head self-attention whose logits are scaled per pair by the time difference.
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    `fused=True` (fast mode) computes the same attention with `scaled_dot_product_attention`:
+    exp((t_i - t_j)/1e6) = exp(t_i/1e6) * exp(-t_j/1e6) factors into a per-query and a per-key
+    scale, so scaling q and k keeps the fused kernels usable (masking before or after the scale is
+    the same for -inf). Attention weights are then not returned and float attention masks (added
+    before the time scale in legacy) are not supported.
+    """
+
+    fused: Final[bool]
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, fused: bool = False) -> None:
         super().__init__()
+        self.fused = fused
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim = embed_dim
@@ -55,10 +65,12 @@ class TemporalMultiheadAttention(nn.Module):
         time: Tensor,
         key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | None]:
         """query = key = value `(S, B, E)`, time `(S, B, 1)` -> (output `(S, B, E)`, weights `(B, S, S)`)."""
         if not (query is key and key is value):
             raise ValueError("TemporalMultiheadAttention supports self-attention only (query is key is value)")
+        if self.fused:
+            return self._fused_forward(query, time, key_padding_mask, attn_mask), None
         seq, batch, embed = query.shape
         heads, head_dim = self.num_heads, embed // self.num_heads
         q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -83,6 +95,30 @@ class TemporalMultiheadAttention(nn.Module):
         out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(seq, batch, embed)
         out = self.out_proj(out)
         return out, weights.view(batch, heads, seq, seq).sum(dim=1) / heads
+
+    def _fused_forward(
+        self, x: Tensor, time: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None
+    ) -> Tensor:
+        seq, batch, embed = x.shape
+        heads, head_dim = self.num_heads, embed // self.num_heads
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        t = time / 1_000_000.0  # (S, B, 1)
+        q = q * torch.exp(t)
+        k = k * torch.exp(-t)
+        q = q.reshape(seq, batch, heads, head_dim).permute(1, 2, 0, 3)  # (B, H, S, hd)
+        k = k.reshape(seq, batch, heads, head_dim).permute(1, 2, 0, 3)
+        v = v.reshape(seq, batch, heads, head_dim).permute(1, 2, 0, 3)
+        keep: Tensor | None = None  # True = attend
+        if key_padding_mask is not None:
+            keep = torch.logical_not(key_padding_mask).view(batch, 1, 1, seq)
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise ValueError("fused attention supports boolean attention masks only")
+            allowed = torch.logical_not(attn_mask)
+            keep = allowed if keep is None else keep & allowed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.permute(2, 0, 1, 3).reshape(seq, batch, embed))
 
 
 def _apply_attn_mask(scores: Tensor, attn_mask: Tensor) -> Tensor:
@@ -110,6 +146,7 @@ class AttentionLayer(nn.Module):
     """Post-norm layer of the order attention: x = LN1(x + attn(x)); x = LN2(x + FFN(x))."""
 
     use_time_seq: Final[bool]  # Final: TorchScript compiles only the attention kind this layer has
+    fused: Final[bool]
 
     def __init__(
         self,
@@ -121,11 +158,13 @@ class AttentionLayer(nn.Module):
         num_experts: int,
         use_time_seq: bool,
         moe_eval_policy: SecondPolicy = "random",
+        fused: bool = False,
     ) -> None:
         super().__init__()
         self.use_time_seq = use_time_seq
+        self.fused = fused
         self.multi_attn: nn.Module = (
-            TemporalMultiheadAttention(dim_embed, num_heads, dropout=dropout)
+            TemporalMultiheadAttention(dim_embed, num_heads, dropout=dropout, fused=fused)
             if use_time_seq
             else nn.MultiheadAttention(dim_embed, num_heads, dropout=dropout)
         )
@@ -145,13 +184,16 @@ class AttentionLayer(nn.Module):
                 raise ValueError("AttentionLayer built with use_time_seq needs a time tensor")
             attended = self.multi_attn(x, x, x, time, key_padding_mask=key_padding_mask, attn_mask=attn_mask)[0]
         else:
-            attended = self.multi_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask)[0]
+            attended = self.multi_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                       need_weights=not self.fused)[0]  # no weights: torch's fused kernel
         x = self.layer_norm1(x + self.dropout1(attended))
         return self.layer_norm2(x + self.dropout2(self.feedforward(x)))
 
 
 class AttentionLayerPreNorm(nn.Module):
     """Pre-norm layer of the feature attention: x += attn(LN1(x)); x += FFN(LN2(x)); no final norm."""
+
+    fused: Final[bool]
 
     def __init__(
         self,
@@ -162,8 +204,10 @@ class AttentionLayerPreNorm(nn.Module):
         use_moe: bool,
         num_experts: int,
         moe_eval_policy: SecondPolicy = "random",
+        fused: bool = False,
     ) -> None:
         super().__init__()
+        self.fused = fused
         self.multi_attn = nn.MultiheadAttention(dim_embed, num_heads, dropout=dropout)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
@@ -175,5 +219,7 @@ class AttentionLayerPreNorm(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
         h = self.layer_norm1(x)
-        x = x + self.dropout1(self.multi_attn(h, h, h, attn_mask=attn_mask, key_padding_mask=key_padding_mask)[0])
+        attended = self.multi_attn(h, h, h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                   need_weights=not self.fused)[0]
+        x = x + self.dropout1(attended)
         return x + self.dropout2(self.feedforward(self.layer_norm2(x)))

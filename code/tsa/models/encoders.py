@@ -64,6 +64,7 @@ class OrderAttentionLayer(nn.Module):
         return_seq: bool = False,
         moe_eval_policy: SecondPolicy = "random",
         floor_aggregation_widths: bool = False,
+        fused_attention: bool = False,
     ) -> None:
         super().__init__()
         self.n_embedding, self.n_num_features = n_embedding, n_num_features
@@ -75,7 +76,7 @@ class OrderAttentionLayer(nn.Module):
         self.layer_norm_feature = nn.LayerNorm(dim_embed)
         self.layer_stack = nn.ModuleList(
             AttentionLayer(dim_embed, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts,
-                           use_time_seq, moe_eval_policy)
+                           use_time_seq, moe_eval_policy, fused=fused_attention)
             for _ in range(n_layers_order)
         )
         self.dropout = nn.Dropout(dropout)  # unused (Q11)
@@ -141,6 +142,7 @@ class FeatureAttentionLayer(nn.Module):
         use_moe: bool = True,
         num_experts: int = 5,
         moe_eval_policy: SecondPolicy = "random",
+        fused_attention: bool = False,
     ) -> None:
         super().__init__()
         dim = dim_embed // 2
@@ -148,7 +150,8 @@ class FeatureAttentionLayer(nn.Module):
         self.n_engineered = n_engineered_num_features
         self.embedding = embedding_table
         self.layer_stack_feature = nn.ModuleList(
-            AttentionLayerPreNorm(dim, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts, moe_eval_policy)
+            AttentionLayerPreNorm(dim, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts, moe_eval_policy,
+                                  fused=fused_attention)
             for _ in range(n_layers_feature)
         )
         self.dropout = nn.Dropout(dropout)  # unused (Q11)

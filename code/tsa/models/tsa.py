@@ -43,7 +43,7 @@ def build_order_attention(cfg: ModelConfig, table: nn.Embedding) -> OrderAttenti
         cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, 2 * cfg.dim_embedding_table,
         cfg.dim_attn_feedforward, table, cfg.num_heads, cfg.dropout, cfg.n_layers_order, cfg.emb_tbl_use_bias,
         cfg.use_moe, cfg.num_experts, cfg.use_time_seq, moe_eval_policy=moe_eval_policy(cfg),
-        floor_aggregation_widths=cfg.fix_feature_aggregation_widths,
+        floor_aggregation_widths=cfg.fix_feature_aggregation_widths, fused_attention=cfg.fused_attention,
     )
 
 
@@ -53,7 +53,7 @@ def build_feature_attention(cfg: ModelConfig, table: nn.Embedding, engineered: n
         cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.n_engineered_num_features,
         2 * cfg.dim_embedding_table, cfg.dim_attn_feedforward, table, engineered, cfg.num_heads, cfg.dropout,
         cfg.n_layers_feature, cfg.emb_tbl_use_bias, cfg.use_moe, cfg.num_experts,
-        moe_eval_policy=moe_eval_policy(cfg),
+        moe_eval_policy=moe_eval_policy(cfg), fused_attention=cfg.fused_attention,
     )
 
 

@@ -55,6 +55,7 @@ class DualSequenceTSA(nn.Module):
             cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, GATE_EMBED_DIM, GATE_FEEDFORWARD,
             self.embedding_gate, 1, cfg.dropout, 1, cfg.emb_tbl_use_bias, use_moe=False, num_experts=1,
             use_time_seq=False, floor_aggregation_widths=cfg.fix_feature_aggregation_widths,
+            fused_attention=cfg.fused_attention,
         )
         self.gate_score = nn.Sequential(
             nn.Linear(2 * GATE_EMBED_DIM, GATE_HIDDEN), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(GATE_HIDDEN, 2),
