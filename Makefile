@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-container lint schema clean
+.PHONY: install run test test-container lint schema clean bench bench-data gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -36,6 +36,27 @@ lint: install
 schema: install
 	$(BIN)/tsa schema > hyperparameters/schema.json
 	cp code/tsa/metric_definitions.json hyperparameters/metric_definitions.json
+
+# Benchmarks (not tests): throughput of exact vs fast mode (CPU here: small batches, few steps) and
+# the data loader vs the legacy per-sample loader. Both print JSON lines with side-by-side ratios.
+bench: install
+	$(BIN)/python bench/model_step.py
+	$(BIN)/python bench/data_loading.py --skip-memory
+
+bench-data: install
+	$(BIN)/python bench/data_loading.py
+
+# On a lent GPU machine (device tool): run(command="make gpu-check", carry=[".whl"]).
+gpu-check:
+	bash bench/gpu_check.sh
+
+# The wheels the GPU image lacks (cp312, manylinux x86_64), into .whl/ (git-ignored), for gpu-check.
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  pydantic==2.14.4 pydantic_core==2.50.5 annotated_types==0.8.0 typing_inspection==0.4.5 safetensors==0.8.0 \
+	  matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 pillow==13.0.0 \
+	  pyparsing==3.3.3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,7 +33,7 @@ log = logging.getLogger("tsa.training")
 
 LAST_CHECKPOINT = "last.ckpt"
 BEST_WEIGHTS = "best-model.safetensors"
-SIGTERM_CHECK_EVERY = 4  # training steps between the (collective) checks for a stop request
+SIGTERM_CHECK_EVERY = 20  # steps between the (collective, host-syncing) stop checks of a multi-rank job
 
 
 class StopRequested(Exception):
@@ -143,9 +143,10 @@ class SpotCheckpoint(L.Callback):
         self.stop_requested = True
 
     def _agreed_stop(self, trainer: L.Trainer) -> bool:
+        if not _distributed():
+            return self.stop_requested  # no tensor, no host sync
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=trainer.strategy.root_device)
-        if _distributed():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     # -- epochs and resume -----------------------------------------------------------------

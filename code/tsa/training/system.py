@@ -12,7 +12,7 @@ Logged loss values follow the legacy: per batch `loss / batch size`, averaged ov
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,12 @@ class TsaSystem(L.LightningModule):
         super().__init__()
         self.model = model
         self.config = config
+        # Fast mode on GPU: a compiled forward of the same module. A plain callable, not a submodule,
+        # so checkpoints and exported weights keep the model's keys.
+        compile_model = config.runtime.fast_mode and torch.cuda.is_available() and config.runtime.accelerator != "cpu"
+        self._forward: Callable[..., tuple[Tensor, Tensor]] = (
+            torch.compile(model.forward) if compile_model else model.__call__
+        )
         self.loss_fn = select_loss(config.train)
         self.history: list[EpochResult] = []
         self._reset_validation()
@@ -100,7 +106,7 @@ class TsaSystem(L.LightningModule):
 
     def _common_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         inputs, y = model_inputs(batch, self.config.model)
-        scores, _ = self.model(**inputs)
+        scores, _ = self._forward(**inputs)
         loss = self.loss_fn(scores, y, epoch=self.current_epoch, training=stage == "train")
         return scores, y, loss
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
 
@@ -50,9 +51,17 @@ class FitOutcome:
 
 
 def resolve_precision(config: JobConfig, layout: WorldLayout) -> str:
+    return cpu_aware_precision(config, layout.accelerator == "cpu")
+
+
+def cpu_aware_precision(config: JobConfig, on_cpu: bool) -> str:
+    """The configured precision, except where a CPU cannot honour it well."""
     precision = config.runtime.resolved_precision
-    if layout.accelerator == "cpu" and precision == "16-mixed":
+    if on_cpu and precision == "16-mixed":
         log.warning("precision 16-mixed (use_amp=1) needs a GPU, as the legacy AMP did: training in 32 on CPU")
+        return "32"
+    if on_cpu and config.runtime.fast_mode and config.runtime.precision is None:
+        log.info("fast mode on CPU: fp32 (bf16 autocast is emulated, i.e. slower, on most CPUs)")
         return "32"
     return precision
 
@@ -93,6 +102,8 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
         work_dir: Path) -> FitOutcome:
     """Train; resume from `checkpoint_dir/last.ckpt` when it exists."""
     seed_everything(config.train.seed)
+    if config.runtime.fast_mode:
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls where fp32 remains
     model = build_model(config.model)
     system = TsaSystem(model, config)
     datamodule = TsaDataModule(config, channels)
