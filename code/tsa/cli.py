@@ -104,16 +104,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     target: Path | None = args.target
-    try:
-        if target is not None and target.is_file():
-            config = _read_config_file(target)
-        else:
-            paths = JobPaths.from_root(target)
-            config = load_job_config(paths)
-            validate_job_data(config, read_channels(paths))
-    except JobError as exc:
-        print(f"invalid: {exc}", file=sys.stderr)
-        return 2
+    if target is not None and target.is_file():
+        config = _read_config_file(target)
+    else:
+        paths = JobPaths.from_root(target)
+        config = load_job_config(paths)
+        validate_job_data(config, read_channels(paths))
     print(json.dumps(config.resolved(), indent=2, sort_keys=True))
     return 0
 
@@ -134,11 +130,7 @@ def _read_config_file(path: Path) -> config_module.JobConfig:
 def _cmd_legacy_import(args: argparse.Namespace) -> int:
     from tsa.legacy import import_legacy
 
-    try:
-        import_legacy(args.weights, _read_config_file(args.hyperparameters), args.output_dir)
-    except JobError as exc:
-        print(f"legacy import failed: {exc}", file=sys.stderr)
-        return 2
+    import_legacy(args.weights, _read_config_file(args.hyperparameters), args.output_dir)
     print(f"wrote {args.output_dir}")
     return 0
 
@@ -146,11 +138,7 @@ def _cmd_legacy_import(args: argparse.Namespace) -> int:
 def _cmd_legacy_export(args: argparse.Namespace) -> int:
     from tsa.legacy import export_legacy
 
-    try:
-        export_legacy(args.weights_dir, args.output)
-    except JobError as exc:
-        print(f"legacy export failed: {exc}", file=sys.stderr)
-        return 2
+    export_legacy(args.weights_dir, args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -159,35 +147,30 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from tsa.data.convert import write_npy_channel, write_parquet_channel
     from tsa.data.synth import generate
 
+    config = _read_config_file(args.hyperparameters)
     try:
-        config = _read_config_file(args.hyperparameters)
-        rows = dict(item.split("=") for item in args.rows.split(","))
-        for index, (channel, count) in enumerate(rows.items()):
-            arrays = generate(config.model, int(count), seed=args.seed + index)
-            folder = args.output / channel
-            if args.format == "npy":
-                write_npy_channel(folder, channel, config.data.data_version, arrays)
-            else:
-                write_parquet_channel(folder, arrays, ids=np.arange(int(count)).astype(str))
-            print(f"wrote {folder} ({count} examples, {args.format})")
-    except (JobError, ValueError) as exc:
-        print(f"data synth failed: {exc}", file=sys.stderr)
-        return 2
+        rows = {channel: int(count) for channel, count in (item.split("=") for item in args.rows.split(","))}
+    except ValueError as exc:
+        raise JobError(f"--rows {args.rows!r}: expected channel=count pairs, e.g. train=4000,validation=1000") from exc
+    for index, (channel, count) in enumerate(rows.items()):
+        arrays = generate(config.model, count, seed=args.seed + index)
+        folder = args.output / channel
+        if args.format == "npy":
+            write_npy_channel(folder, channel, config.data.data_version, arrays)
+        else:
+            write_parquet_channel(folder, arrays, ids=np.arange(count).astype(str))
+        print(f"wrote {folder} ({count} examples, {args.format})")
     return 0
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
     from tsa.data.convert import npy_to_parquet, parquet_to_npy
 
-    try:
-        if args.to == "parquet":
-            npy_to_parquet(args.source, args.target, args.data_version, args.split, args.row_group_rows,
-                           args.compression)
-        else:
-            parquet_to_npy(args.source, args.target, args.split or args.target.name, args.data_version or "v0")
-    except JobError as exc:
-        print(f"data convert failed: {exc}", file=sys.stderr)
-        return 2
+    if args.to == "parquet":
+        npy_to_parquet(args.source, args.target, args.data_version, args.split, args.row_group_rows,
+                       args.compression)
+    else:
+        parquet_to_npy(args.source, args.target, args.split or args.target.name, args.data_version or "v0")
     print(f"wrote {args.target}")
     return 0
 
@@ -195,16 +178,12 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 def _cmd_launch(args: argparse.Namespace) -> int:
     from tsa.launch import LaunchSpec, launch
 
-    try:
-        _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
-        raw = read_json_file(args.hyperparameters, required=True)
-        if args.spot and not args.checkpoint_s3_uri:
-            raise JobError("--spot needs --checkpoint-s3-uri: a spot job resumes from its checkpoints")
-        if args.max_wait is not None and args.max_wait < args.max_run:
-            raise JobError(f"--max-wait {args.max_wait} is below --max-run {args.max_run}: SageMaker requires >=")
-    except JobError as exc:
-        print(f"launch refused: {exc}", file=sys.stderr)
-        return 2
+    _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
+    raw = read_json_file(args.hyperparameters, required=True)
+    if args.spot and not args.checkpoint_s3_uri:
+        raise JobError("--spot needs --checkpoint-s3-uri: a spot job resumes from its checkpoints")
+    if args.max_wait is not None and args.max_wait < args.max_run:
+        raise JobError(f"--max-wait {args.max_wait} is below --max-run {args.max_run}: SageMaker requires >=")
     spec = LaunchSpec(
         image_uri=args.image_uri, role=args.role, hyperparameters=config_module.typed_hyperparameters(raw),
         channels=dict(item.split("=", 1) for item in args.channel), instance_type=args.instance_type,
@@ -218,8 +197,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; a user error (`JobError`) is one line on stderr and exit code 2.
+
+    `tsa train` handles its own errors (failure file, exit codes) in the entrypoint.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except JobError as exc:
+        print(f"tsa {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
