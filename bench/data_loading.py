@@ -67,11 +67,12 @@ class LegacyStyleDataset(Dataset):
         }
 
 
-def write_eu_channel(folder: Path, config: JobConfig, rows: int) -> None:
-    """EU-shaped synthetic arrays in the legacy dtypes (int64 ids, float64 features)."""
+def write_eu_channel(folder: Path, config: JobConfig, rows: int, dtypes: str) -> None:
+    """EU-shaped synthetic arrays: legacy dtypes (int64 ids, float64 features) or compact (int32/float32)."""
     arrays = generate(config.model, rows, seed=0)
-    legacy = {name: a.astype(np.int64 if name in ("X_seq_cat", "Y") else np.float64) for name, a in arrays.items()}
-    write_npy_channel(folder, "train", "v0", legacy)
+    if dtypes == "legacy":
+        arrays = {name: a.astype(np.int64 if name in ("X_seq_cat", "Y") else np.float64) for name, a in arrays.items()}
+    write_npy_channel(folder, "train", "v0", arrays)
 
 
 def time_epoch(loader: DataLoader) -> tuple[int, float]:
@@ -81,7 +82,8 @@ def time_epoch(loader: DataLoader) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def throughput(folder: Path, config: JobConfig, batch_size: int, workers: int) -> list[dict[str, object]]:
+def throughput(folder: Path, config: JobConfig, batch_size: int, workers: int,
+               dtypes: str) -> list[dict[str, object]]:
     for path in folder.glob("*.npy"):
         path.read_bytes()  # warm the page cache for both loaders alike
     results = []
@@ -100,6 +102,7 @@ def throughput(folder: Path, config: JobConfig, batch_size: int, workers: int) -
     for i, (name, num_workers, _) in enumerate(loaders):
         seconds = statistics.median(timings[i])
         results.append({"bench": "data_loading", "loader": name, "num_workers": num_workers, "config": "eu",
+                        "dtypes": dtypes,
                         "batch_size": batch_size, "samples": samples, "median_seconds": round(seconds, 3),
                         "epochs": REPEATS, "samples_per_s": round(samples / seconds, 1)})
     return results
@@ -156,12 +159,14 @@ def main() -> None:
                         help="also time the batch stream with this many DataLoader workers (each ~60 MB batch then "
                              "crosses process boundaries through shared memory, which costs more than the gather)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--dtypes", choices=["legacy", "compact"], default="legacy",
+                        help="array dtypes of the .npy files: as the legacy preprocessing wrote them, or int32/float32")
     args = parser.parse_args()
     configure_allocator()  # what `tsa train` does; applies to both loaders alike
     config = JobConfig.from_hyperparameters(EU)
     with tempfile.TemporaryDirectory() as tmp:
-        write_eu_channel(Path(tmp) / "npy", config, args.rows)
-        results = throughput(Path(tmp) / "npy", config, args.batch_size, args.workers)
+        write_eu_channel(Path(tmp) / "npy", config, args.rows, args.dtypes)
+        results = throughput(Path(tmp) / "npy", config, args.batch_size, args.workers, args.dtypes)
         for result in results:
             print(json.dumps(result), flush=True)
         memory = {} if args.skip_memory else streaming_memory(Path(tmp) / "parquet", config, args.budget_mib)
