@@ -11,6 +11,7 @@ from importlib import resources
 import pytest
 
 from tests.conftest import HYPERPARAMETERS_DIR, load_example
+from tsa.cli import main as cli_main
 from tsa.config import JobConfig, json_schema, typed_hyperparameters
 from tsa.contract import encode_hyperparameters
 from tsa.errors import ConfigError
@@ -27,6 +28,18 @@ def test_every_example_resolves_identically_in_every_launcher_encoding(example: 
     wire = encode_hyperparameters(typed_hyperparameters(raw), encoding)  # type: ignore[arg-type]
     assert all(isinstance(v, str) for v in wire.values())
     assert JobConfig.from_hyperparameters(wire).resolved() == expected
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_tsa_validate_prints_the_same_config_for_every_encoding(example: str, tmp_path, capsys) -> None:
+    printed = []
+    for encoding in ("str", "json", "v3"):
+        path = tmp_path / f"{encoding}.json"
+        path.write_text(json.dumps(encode_hyperparameters(typed_hyperparameters(load_example(example)), encoding)))
+        assert cli_main(["validate", str(path)]) == 0
+        printed.append(json.loads(capsys.readouterr().out))
+    assert printed[0] == printed[1] == printed[2]
+    assert printed[0]["runtime"]["test_name"] == load_example(example)["test_name"]
 
 
 def test_examples_hold_the_production_values_of_legacy_contracts() -> None:

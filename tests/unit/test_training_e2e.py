@@ -154,6 +154,8 @@ def test_two_hosts_train_together_and_only_rank_zero_writes(tmp_path: Path) -> N
     assert "this host algo-2 is node 1; master algo-1" in outputs[1]
     assert files_under(roots[0] / "model") == MODEL_FILES
     assert files_under(roots[1] / "model") == set()
+    result = metrics(roots[0])  # DDP validation AUC of the best epoch = single-process scoring of its weights
+    assert result["final"]["validation"]["auc"] == round(result["epochs"][result["best_epoch"]]["validation_auc"], 4)
 
 
 @pytest.fixture(scope="module")
