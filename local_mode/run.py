@@ -166,12 +166,14 @@ def main() -> int:
         code = run_sagemaker(hyperparameters, channels, args.image, args.hosts, args.job_dir / "sagemaker")
         print(f"done in {time.monotonic() - start:.0f} s")
         return code
-    hosts = [f"algo-{i}" for i in range(1, args.hosts + 1)] if args.hosts > 1 else ["localhost"]
-    roots = [args.job_dir / host for host in hosts] if args.hosts > 1 else [args.job_dir / "opt_ml"]
+    if args.hosts > 1:
+        hosts = [f"algo-{i}" for i in range(1, args.hosts + 1)]
+        roots = [args.job_dir / host for host in hosts]
+    else:  # one host: the container is named algo-1; a local process runs on localhost
+        hosts = ["localhost" if args.engine == "process" else "algo-1"]
+        roots = [args.job_dir / "opt_ml"]
     for root, host in zip(roots, hosts, strict=True):
-        write_job_folder(root, hyperparameters, channels, args.encoding, host if args.engine == "process" or
-                         args.hosts > 1 else "algo-1", hosts if args.engine == "process" or args.hosts > 1
-                         else ["algo-1"])
+        write_job_folder(root, hyperparameters, channels, args.encoding, host, hosts)
     code = run_processes(roots) if args.engine == "process" else run_containers(roots, args.image)
     report(roots[0])
     print(f"done in {time.monotonic() - start:.0f} s (exit code {code})")

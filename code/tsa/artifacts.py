@@ -61,10 +61,6 @@ def percentile_map(scores: np.ndarray) -> list[list[float]]:
             for k in range(PERCENTILE_STEPS)]
 
 
-def write_column(path: Path, values: np.ndarray, fmt: str) -> None:
-    np.savetxt(path, values, fmt=fmt)
-
-
 def write_serving(model: nn.Module, folder: Path) -> None:
     """`model.pt` (TorchScript, CPU, eval) and `code/inference.py`."""
     scripted = torch.jit.script(model.cpu().eval())
@@ -128,8 +124,8 @@ def write_legacy_scores(folder: Path, predictions: dict[str, Predictions]) -> No
     for split, prefix in LEGACY_SCORE_PREFIX.items():
         if split in predictions:
             p = predictions[split]
-            write_column(folder / f"{prefix}score_file.csv", positive_probability(p.scores).numpy(), "%.10g")
-            write_column(folder / f"{prefix}tag_file.csv", p.labels.numpy(), "%d")
+            np.savetxt(folder / f"{prefix}score_file.csv", positive_probability(p.scores).numpy(), fmt="%.10g")
+            np.savetxt(folder / f"{prefix}tag_file.csv", p.labels.numpy(), fmt="%d")
     source = "calibration" if "calibration" in predictions else "validation"
     if source != "calibration":
         log.warning("no calibration channel: the percentile map is built from the validation scores")
@@ -180,5 +176,5 @@ def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, histo
     for split, p in predictions.items():
         write_predictions(paths.output_data_dir / f"predictions_{split}.csv", p, ids.get(split))
         plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", p, split)
-    plot_curves(paths.output_data_dir / "loss_curves.png", history)
+    shutil.copyfile(paths.model_dir / f"{name}.pt.png", paths.output_data_dir / "loss_curves.png")
     return final

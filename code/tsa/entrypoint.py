@@ -151,8 +151,7 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, outcome: FitOutcome
     for name in ("validation", "calibration", "test"):
         if name in outcome.datamodule.channels:
             predictions[name] = outcome.system.predict_channel(outcome.datamodule.single_process_loader(name))
-            source = outcome.datamodule.sources[name]
-            ids[name] = source.ids(predictions[name].rows.numpy()) if hasattr(source, "ids") else None
+            ids[name] = outcome.datamodule.sources[name].ids(predictions[name].rows.numpy())
     final = export_artifacts(paths, config, outcome.system.model, outcome.history, outcome.best_epoch,
                              outcome.best_auc, outcome.stopped_early, predictions, ids)
     for split, performance in final.items():

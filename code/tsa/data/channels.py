@@ -2,7 +2,8 @@
 
 A channel source offers: `names`, `num_rows`, `rows_of/shape_of/dtype_of/file_of(name)`,
 `take(indices, names)` (vectorised gather), `iter_chunks(names, rows)` (streaming) and
-`locality_rows` (rows cheap to read together: 1 for memory maps, a row group for Parquet).
+`locality_rows` (rows cheap to read together: 1 for memory maps, a row group for Parquet) and
+`ids(indices)` (the example ids, or None when the format has none).
 """
 
 from __future__ import annotations

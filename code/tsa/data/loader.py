@@ -75,7 +75,10 @@ class BatchStream(IterableDataset):
         return split_batches(rows, self.batch_size)
 
     def __len__(self) -> int:
-        return max(len(self.batches()) - self.start_batch, 0)
+        # Only the rank's row count matters, not the order: no permutation is drawn.
+        rows = len(rank_rows(np.arange(self.num_rows, dtype=np.int64), self.shard,
+                             interleave=self.group_starts is None))
+        return max(-(-rows // self.batch_size) - self.start_batch, 0)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()

@@ -113,6 +113,10 @@ class NpyChannel:
         """Rows `indices` (any order) of each named array, gathered in one vectorised read."""
         return {name: np.asarray(self.arrays[name][indices]) for name in names}
 
+    def ids(self, indices: np.ndarray) -> None:
+        """The legacy layout has no id column: predictions are keyed by row number."""
+        return None
+
     def iter_chunks(self, names: Sequence[str], chunk_rows: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first row, arrays) over consecutive row ranges, for streaming validation."""
         for start in range(0, self.num_rows, chunk_rows):

@@ -222,8 +222,9 @@ class SpotCheckpoint(L.Callback):
 class MetricLines(L.Callback):
     """`METRIC ...;` lines for CloudWatch metric regexes; plain lines, no progress bars."""
 
-    def __init__(self, every_n_steps: int) -> None:
+    def __init__(self, every_n_steps: int, selection: LegacySelection) -> None:
         self.every_n_steps = every_n_steps
+        self.selection = selection
         self._last_time = time.perf_counter()
         self._last_step = 0
         self._samples = 0
@@ -245,8 +246,7 @@ class MetricLines(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.history:  # type: ignore[attr-defined]
             return
         r = pl_module.history[-1]  # type: ignore[attr-defined]
-        selection = next(c for c in trainer.callbacks if isinstance(c, LegacySelection))  # type: ignore[attr-defined]
         print(f"METRIC epoch={r.epoch}; average_training_loss={r.train_loss:.6g}; "
               f"average_validation_loss={r.validation_loss:.6g}; validation_auc={r.validation_auc:.4f}; "
-              f"best_validation_auc={selection.tracker.best_auc:.4f}; learning_rate={r.learning_rate:.6g};",
+              f"best_validation_auc={self.selection.tracker.best_auc:.4f}; learning_rate={r.learning_rate:.6g};",
               flush=True)

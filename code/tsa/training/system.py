@@ -100,10 +100,6 @@ class TsaSystem(L.LightningModule):
         self._val_labels: list[Tensor] = []
         self._val_losses: list[Tensor] = []
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        inputs, _ = model_inputs(batch, self.config.model)
-        return self.model(**inputs)
-
     def _common_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         inputs, y = model_inputs(batch, self.config.model)
         scores, _ = self._forward(**inputs)

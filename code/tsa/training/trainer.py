@@ -50,10 +50,6 @@ class FitOutcome:
     stopped_early: bool
 
 
-def resolve_precision(config: JobConfig, layout: WorldLayout) -> str:
-    return cpu_aware_precision(config, layout.accelerator == "cpu")
-
-
 def cpu_aware_precision(config: JobConfig, on_cpu: bool) -> str:
     """The configured precision, except where a CPU cannot honour it well."""
     precision = config.runtime.resolved_precision
@@ -79,7 +75,7 @@ def build_trainer(config: JobConfig, layout: WorldLayout, callbacks: list[L.Call
         devices=layout.devices,
         num_nodes=layout.num_nodes,
         strategy=strategy,
-        precision=resolve_precision(config, layout),  # type: ignore[arg-type]
+        precision=cpu_aware_precision(config, on_cpu=layout.accelerator == "cpu"),  # type: ignore[arg-type]
         max_epochs=config.train.max_epoch,
         callbacks=callbacks,
         logger=False,
@@ -109,7 +105,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
     datamodule = TsaDataModule(config, channels)
     selection = LegacySelection(config.train.patience, checkpoint_dir)
     # Order matters: selection updates before the metric line and the checkpoint read it.
-    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir)]
+    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection), SpotCheckpoint(checkpoint_dir)]
     trainer = build_trainer(config, layout, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
