@@ -41,7 +41,9 @@ from tsa.config import JobConfig
 from tsa.contract import JobPaths
 from tsa.legacy import legacy_state_dict, project_state_dict
 from tsa.training.metrics import MEASURES, get_performance, positive_probability
-from tsa.training.system import EpochResult, Predictions
+from tsa.training.evaluation import ChannelScores, Predictions
+from tsa.training.selection import EarlyStop
+from tsa.training.system import EpochResult
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,9 @@ def write_serving(model: nn.Module, folder: Path) -> None:
 
 
 def write_metrics(folder: Path, history: list[EpochResult], best_epoch: int | None, best_auc: float,
-                  stopped_early: bool, final: dict[str, dict[str, float]]) -> None:
+                  early_stop: EarlyStop, final: dict[str, dict[str, float]]) -> None:
     data = {"epochs": [vars(result) for result in history], "best_epoch": best_epoch,
-            "best_validation_auc": best_auc, "stopped_early": stopped_early, "final": final}
+            "best_validation_auc": best_auc, "early_stop": early_stop.as_dict(), "final": final}
     (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -110,6 +112,7 @@ def plot_roc_pr(path: Path, predictions: Predictions, split: str) -> None:
 
 
 def write_predictions(path: Path, predictions: Predictions, ids: np.ndarray | None) -> None:
+    """`id,label,score` per example, in row order."""
     prob = positive_probability(predictions.scores).numpy()
     labels = predictions.labels.numpy()
     keys = ids if ids is not None else predictions.rows.numpy()
@@ -119,17 +122,27 @@ def write_predictions(path: Path, predictions: Predictions, ids: np.ndarray | No
             handle.write(f"{key},{int(label)},{score:.10g}\n")
 
 
-def write_legacy_scores(folder: Path, predictions: dict[str, Predictions]) -> None:
-    """Score/tag files and the percentile map, as the legacy early-stop path wrote them (Q22: always)."""
+def write_score_column(path: Path, values: np.ndarray, integer: bool = False) -> None:
+    """One value per line, no header; floats in full precision (repr), as the legacy CSVs held them."""
+    text = "".join(f"{int(v)}\n" if integer else f"{float(v)!r}\n" for v in values)
+    path.write_text(text, encoding="utf-8")
+
+
+def write_legacy_scores(folder: Path, scores: dict[str, ChannelScores]) -> None:
+    """Score/tag files and the percentile map, as the legacy early-stop path wrote them (Q22: always).
+
+    Line i of a score file is the i-th evaluated example: the legacy gathered sampler order by
+    default, row order with `fix_evaluation_order` (the prediction files name each row's id).
+    """
     for split, prefix in LEGACY_SCORE_PREFIX.items():
-        if split in predictions:
-            p = predictions[split]
-            np.savetxt(folder / f"{prefix}score_file.csv", positive_probability(p.scores).numpy(), fmt="%.10g")
-            np.savetxt(folder / f"{prefix}tag_file.csv", p.labels.numpy(), fmt="%d")
-    source = "calibration" if "calibration" in predictions else "validation"
+        if split in scores:
+            p = scores[split].evaluated
+            write_score_column(folder / f"{prefix}score_file.csv", positive_probability(p.scores).numpy())
+            write_score_column(folder / f"{prefix}tag_file.csv", p.labels.numpy(), integer=True)
+    source = "calibration" if "calibration" in scores else "validation"
     if source != "calibration":
         log.warning("no calibration channel: the percentile map is built from the validation scores")
-    table = percentile_map(positive_probability(predictions[source].scores).numpy())
+    table = percentile_map(positive_probability(scores[source].evaluated.scores).numpy())
     with (folder / "percentile_score.pkl").open("wb") as handle:
         pickle.dump(table, handle)
     (folder / "percentile_score.json").write_text(json.dumps(table) + "\n")
@@ -154,8 +167,8 @@ def discard_partial(paths: JobPaths) -> None:
 
 
 def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, history: list[EpochResult],
-                     best_epoch: int | None, best_auc: float, stopped_early: bool,
-                     predictions: dict[str, Predictions], ids: dict[str, np.ndarray | None]) -> dict[str, Any]:
+                     best_epoch: int | None, best_auc: float, early_stop: EarlyStop,
+                     scores: dict[str, ChannelScores], ids: dict[str, np.ndarray | None]) -> dict[str, Any]:
     """Write every artifact (rank 0 only); returns the final metrics per split."""
     partial = paths.model_dir / PARTIAL
     discard_partial(paths)
@@ -165,16 +178,17 @@ def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, histo
     (partial / "config.json").write_text(json.dumps({**config.resolved(), "versions": versions()}, indent=2,
                                                     sort_keys=True) + "\n")
     torch.save(legacy_state_dict(model), partial / f"{name}.pt")
-    write_legacy_scores(partial, predictions)
-    final = {split: get_performance(p.scores, p.labels, list(MEASURES)) for split, p in predictions.items()}
-    write_metrics(partial, history, best_epoch, best_auc, stopped_early, final)
+    write_legacy_scores(partial, scores)
+    final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),
+                     "loss_logged": s.logged_loss} for split, s in scores.items()}
+    write_metrics(partial, history, best_epoch, best_auc, early_stop, final)
     plot_curves(partial / f"{name}.pt.png", history)
     write_serving(model, partial)
     publish(partial, paths.model_dir)
 
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    for split, p in predictions.items():
-        write_predictions(paths.output_data_dir / f"predictions_{split}.csv", p, ids.get(split))
-        plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", p, split)
+    for split, s in scores.items():
+        write_predictions(paths.output_data_dir / f"predictions_{split}.csv", s.by_row, ids.get(split))
+        plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", s.by_row, split)
     shutil.copyfile(paths.model_dir / f"{name}.pt.png", paths.output_data_dir / "loss_curves.png")
     return final

@@ -145,6 +145,13 @@ class TrainConfig(_Section):
         description="Fix Q18: CrossEntropyLoss/BCEWithLogitsLoss/Cyclical_FocalLoss use loss_reduction "
         "instead of the hard-coded sum (gradient scale no longer tied to batch size).",
     )
+    fix_evaluation_order: bool = Field(
+        False,
+        description="Fix Q24: evaluate validation/calibration/test in row order, each example once, and log "
+        "the loss over every rank's batches. Legacy (default): the training sampler's shuffled, padded, "
+        "rank-strided order, ranks' blocks concatenated and cut to N, rank 0's own loss logged; with MoE "
+        "that order changes the scores, so AUCs, model selection and score files change with the flag.",
+    )
     patience: int = Field(10, description="Early-stopping patience in epochs (on validation AUC).", ge=1)
     seed: int = Field(0, description="Random seed; 0 means not seeded, as in the legacy job (Q20).", ge=0)
 
@@ -162,6 +169,17 @@ class RuntimeConfig(_Section):
         None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
     )
     log_every_n_steps: int = Field(50, description="Progress/metric line every N training steps.", ge=1)
+    stop_check_every_n_steps: int = Field(
+        20,
+        description="Multi-process jobs agree on a SIGTERM stop every N training steps (one small collective "
+        "and host sync each); single-process jobs check every step at no cost.",
+        ge=1,
+    )
+    trace: bool = Field(
+        False,
+        description="Write a per-rank run trace to output/data/trace/ (training rows, per-batch losses, RNG "
+        "digests before every forward, weight digests per epoch) to compare a run with a legacy run.",
+    )
     test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.", min_length=1)
     fast_mode: bool = Field(
         False,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -30,7 +31,7 @@ from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels,
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
-from tsa.training.callbacks import StopRequested
+from tsa.training.callbacks import LAST_CHECKPOINT, StopRequested
 from tsa.training.distributed import configure_environment, is_launched_worker, world_layout
 from tsa.training.trainer import FitOutcome, fit
 
@@ -132,7 +133,11 @@ def train_job(paths: JobPaths) -> None:
                  layout.master_addr)
     configure_environment(layout)
     checkpoint_dir = Path(config.runtime.checkpoint_dir) if config.runtime.checkpoint_dir else paths.checkpoint_dir
-    outcome = fit(config, channels, layout, checkpoint_dir, work_dir=paths.root / "output" / ".lightning")
+    trace_dir = paths.output_data_dir / "trace" if config.runtime.trace else None
+    if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
+        shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
+    outcome = fit(config, channels, layout, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
+                  trace_dir=trace_dir)
     distributed = dist.is_available() and dist.is_initialized()
     try:
         if outcome.trainer.is_global_zero:
@@ -146,14 +151,11 @@ def train_job(paths: JobPaths) -> None:
 
 
 def export_job_artifacts(paths: JobPaths, config: JobConfig, outcome: FitOutcome) -> None:
-    """Score every evaluation channel with the selected model, then write the artifacts."""
-    predictions, ids = {}, {}
-    for name in ("validation", "calibration", "test"):
-        if name in outcome.datamodule.channels:
-            predictions[name] = outcome.system.predict_channel(outcome.datamodule.single_process_loader(name))
-            ids[name] = outcome.datamodule.sources[name].ids(predictions[name].rows.numpy())
+    """Write the artifacts of the selected model and its scores."""
+    ids = {name: outcome.datamodule.sources[name].ids(scores.by_row.rows.numpy())
+           for name, scores in outcome.scores.items()}
     final = export_artifacts(paths, config, outcome.system.model, outcome.history, outcome.best_epoch,
-                             outcome.best_auc, outcome.stopped_early, predictions, ids)
+                             outcome.best_auc, outcome.early_stop, outcome.scores, ids)
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)

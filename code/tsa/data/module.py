@@ -60,13 +60,25 @@ class TsaDataModule(L.LightningDataModule):
         return int(self.trainer.strategy.reduce(local, reduce_op="max"))
 
     def stream(self, name: str, training: bool) -> BatchStream:
+        """This rank's batches of channel `name`.
+
+        Training, and evaluation in the legacy order, use the legacy sampler (shuffled with seed
+        0 + epoch, padded to equal shares); `fix_evaluation_order` evaluates in row order, each
+        row once.
+        """
         source = self.sources[name]
         rank, world = self._place(name)
         rows_per_rank = self._training_rows_per_rank(source, world) if training else None
-        shard = ShardSpec(rank=rank, world=world, shuffle=training, pad=training, rows_per_rank=rows_per_rank)
+        sampled = training or not self.config.train.fix_evaluation_order
+        shard = ShardSpec(rank=rank, world=world, shuffle=sampled, pad=sampled, rows_per_rank=rows_per_rank)
         stream = BatchStream(source, self.config.model.model_type, self.config.train.batch_size, shard, self.max_rows)
         self.streams[name] = stream
         return stream
+
+    def set_epoch(self, epoch: int) -> None:
+        """The sampler epoch of every stream (validation after training epoch e reads order e)."""
+        for stream in self.streams.values():
+            stream.set_epoch(epoch)
 
     def loader(self, stream: BatchStream) -> DataLoader:
         pin = torch.cuda.is_available() and self.config.runtime.accelerator != "cpu"
@@ -78,9 +90,9 @@ class TsaDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.stream("validation", training=False))
 
-    def single_process_loader(self, name: str) -> DataLoader:
-        """Every batch of a channel for one process alone (final scoring on rank 0), each row once."""
+    def evaluation_loader(self, name: str, epoch: int) -> DataLoader:
+        """The batches of evaluation channel `name` for this rank, in the order of sampler epoch `epoch`."""
         self.setup()
-        stream = BatchStream(self.sources[name], self.config.model.model_type, self.config.train.batch_size,
-                             ShardSpec(), self.max_rows)
+        stream = self.stream(name, training=False)
+        stream.set_epoch(epoch)
         return self.loader(stream)

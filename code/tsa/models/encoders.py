@@ -24,14 +24,18 @@ from tsa.models.blocks import FeatureAggregation
 from tsa.models.moe import SecondPolicy
 
 
-def numerical_feature_ids(n_embedding: int, n_num_features: int, device: torch.device) -> Tensor:
-    """Table rows of the numerical features: n_embedding-nn+1 .. n_embedding."""
-    return torch.arange(n_embedding - n_num_features + 1, n_embedding + 1, device=device)
+def numerical_feature_ids(n_embedding: int, x_num: Tensor, per_position: bool) -> Tensor:
+    """Table rows of the numerical features (n_embedding-nn+1 .. n_embedding) for `x_num (..., nn)`.
 
-
-def embed_numerical(rows: Tensor, x_num: Tensor) -> Tensor:
-    """Each numerical feature's table row `rows (nn, d)` times its value: x_num (..., nn) -> (..., nn, d)."""
-    return rows * x_num.unsqueeze(-1)
+    `per_position` (the legacy form): one index per example, position and feature, i.e. x_num's shape. The
+    forward is the same as one `(nn,)` lookup broadcast over the batch, but the table gradient is not: the
+    embedding backward then sums the rows' gradients example by example (the legacy order), while the
+    broadcast sums them in the multiplication's backward, in another order. That is a 1-ulp difference per
+    step, which Adam amplifies into different weights; fast mode uses the broadcast (less memory).
+    """
+    n_num_features = x_num.shape[-1]
+    ids = torch.arange(n_embedding - n_num_features + 1, n_embedding + 1, device=x_num.device)
+    return ids.expand(x_num.shape) if per_position else ids
 
 
 class OrderAttentionLayer(nn.Module):
@@ -44,6 +48,7 @@ class OrderAttentionLayer(nn.Module):
 
     use_time_seq: Final[bool]
     return_seq: Final[bool]
+    fused: Final[bool]
 
     def __init__(
         self,
@@ -70,6 +75,7 @@ class OrderAttentionLayer(nn.Module):
         self.n_embedding, self.n_num_features = n_embedding, n_num_features
         self.seq_len = seq_len  # stored, unused, as in legacy
         self.use_time_seq, self.return_seq = use_time_seq, return_seq
+        self.fused = fused_attention
         # Construction order = legacy global-RNG draw order (spec §4.4).
         self.dummy_order = nn.Parameter(torch.rand(1, dim_embed))
         self.embedding = embedding_table
@@ -97,8 +103,8 @@ class OrderAttentionLayer(nn.Module):
         batch = x_cat.shape[0]
         cat = self.embedding(x_cat.int())  # (B, L, nc, d); ids travel as float32 (Q17)
         cat = self.feature_aggregation_cat(cat.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
-        ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
-        num = embed_numerical(self.embedding(ids), x_num)  # (B, L, nn, d)
+        ids = numerical_feature_ids(self.n_embedding, x_num, per_position=not self.fused)
+        num = self.embedding(ids) * x_num.unsqueeze(-1)  # (B, L, nn, d): each feature's row times its value
         num = self.feature_aggregation_num(num.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
         h = self.layer_norm_feature(torch.cat([cat, num], dim=-1).permute(1, 0, 2))  # (L, B, E)
         h = torch.cat([h, self.dummy_order.unsqueeze(0).expand(1, batch, -1)], dim=0)  # (S, B, E)
@@ -123,6 +129,7 @@ class FeatureAttentionLayer(nn.Module):
     """
 
     use_bias: Final[bool]
+    fused: Final[bool]
     use_engineered_bias: Final[bool]  # Final: without that parameter, TorchScript must not compile its use
 
     def __init__(
@@ -146,6 +153,7 @@ class FeatureAttentionLayer(nn.Module):
     ) -> None:
         super().__init__()
         dim = dim_embed // 2
+        self.fused = fused_attention
         self.n_embedding, self.n_num_features = n_embedding, n_num_features
         self.n_engineered = n_engineered_num_features
         self.embedding = embedding_table
@@ -168,8 +176,9 @@ class FeatureAttentionLayer(nn.Module):
     def forward(self, x_cat: Tensor, x_num: Tensor, x_engineered: Tensor | None) -> Tensor:
         batch = x_cat.shape[0]
         cat = self.embedding(x_cat[:, -1].int())  # (B, nc, d): the current order only
-        ids = numerical_feature_ids(self.n_embedding, self.n_num_features, x_num.device)
-        num = embed_numerical(self.embedding(ids), x_num[:, -1])  # (B, nn, d)
+        current_num = x_num[:, -1]  # (B, nn)
+        ids = numerical_feature_ids(self.n_embedding, current_num, per_position=not self.fused)
+        num = self.embedding(ids) * current_num.unsqueeze(-1)  # (B, nn, d)
         tokens = torch.cat([cat, num], dim=1)
         if self.use_bias:
             tokens = tokens + self.emb_tbl_bias

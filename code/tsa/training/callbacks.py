@@ -33,7 +33,6 @@ log = logging.getLogger("tsa.training")
 
 LAST_CHECKPOINT = "last.ckpt"
 BEST_WEIGHTS = "best-model.safetensors"
-SIGTERM_CHECK_EVERY = 20  # steps between the (collective, host-syncing) stop checks of a multi-rank job
 
 
 class StopRequested(Exception):
@@ -62,6 +61,7 @@ class LegacySelection(L.Callback):
         self.tracker = BestModelTracker()
         self.stopper = LegacyEarlyStopping(patience=patience)
         self.best_path = checkpoint_dir / BEST_WEIGHTS
+        self.stop_decided_after: int | None = None  # the epoch whose validation raised the stop flag
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not pl_module.history:  # type: ignore[attr-defined]
@@ -73,6 +73,8 @@ class LegacySelection(L.Callback):
             save_file(project_state_dict(pl_module.model), str(tmp))  # type: ignore[arg-type]
             os.replace(tmp, self.best_path)
         self.stopper.update(result.validation_auc)
+        if self.stopper.early_stop and self.stop_decided_after is None:
+            self.stop_decided_after = result.epoch
         if self.stopper.early_stop:
             log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
                      result.epoch, self.stopper.patience)
@@ -83,11 +85,13 @@ class LegacySelection(L.Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tracker": vars(self.tracker).copy(), "stopper": vars(self.stopper).copy()}
+        return {"tracker": vars(self.tracker).copy(), "stopper": vars(self.stopper).copy(),
+                "stop_decided_after": self.stop_decided_after}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tracker = BestModelTracker(**state_dict["tracker"])
         self.stopper = LegacyEarlyStopping(**state_dict["stopper"])
+        self.stop_decided_after = state_dict.get("stop_decided_after")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -118,8 +122,9 @@ class SpotCheckpoint(L.Callback):
     epoch-start checkpoint (making it draws from the global RNG), after it for a mid-epoch one.
     """
 
-    def __init__(self, checkpoint_dir: Path) -> None:
+    def __init__(self, checkpoint_dir: Path, check_every_n_steps: int) -> None:
         self.path = checkpoint_dir / LAST_CHECKPOINT
+        self.check_every_n_steps = check_every_n_steps  # multi-rank: steps between the collective stop checks
         self.stop_requested = False
         self.batches_done = 0
         self._resume: dict[str, Any] | None = None
@@ -158,9 +163,8 @@ class SpotCheckpoint(L.Callback):
         resume, self._resume = self._resume, None
         if resume is None:
             return
-        stream = self._stream(trainer)
-        stream.set_epoch(resume["epoch"])
-        stream.start_batch = self.batches_done = resume["batches_done"]
+        trainer.datamodule.set_epoch(resume["epoch"])  # type: ignore[attr-defined]
+        self._stream(trainer).start_batch = self.batches_done = resume["batches_done"]
         if resume["batches_done"]:  # mid-epoch
             log.info("resuming epoch %d after batch %d", resume["epoch"], resume["batches_done"])
             self._rng_after_iterator = resume["rng"]
@@ -171,7 +175,7 @@ class SpotCheckpoint(L.Callback):
         stream = self._stream(trainer)
         if self.batches_done and stream.epoch == trainer.current_epoch:
             return  # the resumed epoch, already placed by on_train_start
-        stream.set_epoch(trainer.current_epoch)
+        trainer.datamodule.set_epoch(trainer.current_epoch)  # type: ignore[attr-defined]
         stream.start_batch = self.batches_done = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
@@ -185,7 +189,7 @@ class SpotCheckpoint(L.Callback):
                            batch_idx: int) -> None:
         self.batches_done += 1
         step = trainer.global_step
-        check = not _distributed() or step % SIGTERM_CHECK_EVERY == 0
+        check = not _distributed() or step % self.check_every_n_steps == 0
         if check and self._agreed_stop(trainer):
             self.save(trainer)
             raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)

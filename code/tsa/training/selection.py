@@ -47,3 +47,24 @@ class BestModelTracker:
             self.best_auc, self.best_epoch = auc, epoch
             return True
         return False
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Early stopping as the legacy loop reported it (legacy_run_fixtures.md §6).
+
+    The stop flag raised after epoch e ends training before epoch e + 1; a flag raised after the
+    last epoch changes nothing, and the legacy did not count it as an early stop.
+    """
+
+    decided_after_epoch: int | None
+    max_epoch: int
+
+    @property
+    def fired(self) -> bool:
+        return self.decided_after_epoch is not None and self.decided_after_epoch < self.max_epoch - 1
+
+    def as_dict(self) -> dict[str, bool | int | None]:
+        return {"fired": self.fired, "decided_after_epoch": self.decided_after_epoch if self.fired else None,
+                "exit_at_epoch": self.decided_after_epoch + 1 if self.fired and self.decided_after_epoch is not None
+                else None}

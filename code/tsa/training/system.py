@@ -18,24 +18,15 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from tsa.config import JobConfig
 from tsa.data.batches import Batch, model_inputs
 from tsa.models import select_loss
+from tsa.training.evaluation import ChannelScores, EvaluationPass
 from tsa.training.metrics import get_performance
 from tsa.training.optim import build_optimizer
-
-
-@dataclass
-class Predictions:
-    """Scores of one channel in row order: each example once."""
-
-    rows: Tensor  # (N,) int64
-    scores: Tensor  # (N, C) float32 logits
-    labels: Tensor  # (N,) int64
-    mean_batch_loss: float = float("nan")
+from tsa.training.trace import RunTrace, weight_digests
 
 
 @dataclass
@@ -48,39 +39,15 @@ class EpochResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def gather_predictions(rows: list[Tensor], scores: list[Tensor], labels: list[Tensor],
-                       losses: list[Tensor], distributed: bool = True) -> Predictions:
-    """Concatenate this rank's predictions, gather every rank's, sort by row, drop duplicates."""
-    local = [torch.cat(rows).cpu() if rows else torch.zeros(0, dtype=torch.long),
-             torch.cat(scores).float().cpu() if scores else torch.zeros(0, 2),
-             torch.cat(labels).cpu() if labels else torch.zeros(0, dtype=torch.long),
-             torch.stack(losses).double().cpu() if losses else torch.zeros(0, dtype=torch.float64)]
-    if distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
-    else:
-        parts = [local]
-    all_rows = torch.cat([p[0] for p in parts])
-    order = torch.argsort(all_rows, stable=True)
-    sorted_rows = all_rows[order]
-    keep = torch.ones_like(sorted_rows, dtype=torch.bool)
-    keep[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    batch_losses = torch.cat([p[3] for p in parts])
-    return Predictions(
-        rows=sorted_rows[keep],
-        scores=torch.cat([p[1] for p in parts])[order][keep],
-        labels=torch.cat([p[2] for p in parts])[order][keep],
-        mean_batch_loss=float(batch_losses.mean()) if batch_losses.numel() else float("nan"),
-    )
-
-
 class TsaSystem(L.LightningModule):
     """Training, validation and prediction of one TSA model."""
 
-    def __init__(self, model: nn.Module, config: JobConfig) -> None:
+    def __init__(self, model: nn.Module, config: JobConfig, trace: RunTrace | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
+        self.trace = trace or RunTrace(None)
+        self.legacy_evaluation = not config.train.fix_evaluation_order
         # Fast mode on GPU: a compiled forward of the same module. A plain callable, not a submodule,
         # so checkpoints and exported weights keep the model's keys.
         compile_model = config.runtime.fast_mode and torch.cuda.is_available() and config.runtime.accelerator != "cpu"
@@ -89,19 +56,17 @@ class TsaSystem(L.LightningModule):
         )
         self.loss_fn = select_loss(config.train)
         self.history: list[EpochResult] = []
-        self._reset_validation()
+        self._validation = EvaluationPass()
         self._train_loss_sum = torch.zeros((), dtype=torch.float64)
         self._train_batches = 0
         self._epoch_lr = float("nan")
 
-    def _reset_validation(self) -> None:
-        self._val_rows: list[Tensor] = []
-        self._val_scores: list[Tensor] = []
-        self._val_labels: list[Tensor] = []
-        self._val_losses: list[Tensor] = []
+    def setup(self, stage: str) -> None:
+        self.trace.bind(self.global_rank)
 
     def _common_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         inputs, y = model_inputs(batch, self.config.model)
+        self.trace.before_forward()
         scores, _ = self._forward(**inputs)
         loss = self.loss_fn(scores, y, epoch=self.current_epoch, training=stage == "train")
         return scores, y, loss
@@ -113,51 +78,55 @@ class TsaSystem(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         _, y, loss = self._common_step(batch, "train")
-        self._train_loss_sum += loss.detach().double() / len(y)  # stays on the device: no host sync
+        # As the legacy logged it: loss.item() / len(batch), in float64; kept on the device (no host sync).
+        self._train_loss_sum += loss.detach().double() / len(y)
         self._train_batches += 1
         self.last_step_loss = loss.detach()
+        if self.trace.enabled:
+            self.trace.extend("train_rows", batch["row"].tolist())
+            self.trace.extend("train_step_losses", [loss.item() / len(y)])
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trace.enabled and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self.trace.set(weights_sha1=weight_digests(self.model))
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         scores, y, loss = self._common_step(batch, "validation")
-        self._val_rows.append(batch["row"])
-        self._val_scores.append(scores.detach())
-        self._val_labels.append(y)
-        self._val_losses.append(loss.detach() / len(y))
+        self._validation.add(batch["row"], scores, y, loss)
+        self.trace.extend("validation_rows", batch["row"].tolist())
 
     def on_validation_epoch_end(self) -> None:
-        predictions = gather_predictions(self._val_rows, self._val_scores, self._val_labels, self._val_losses)
-        self._reset_validation()
+        scores = self._validation.gather(legacy_order=self.legacy_evaluation)
+        self._validation = EvaluationPass()
         if self.trainer.sanity_checking:
             return
-        auc = get_performance(predictions.scores, predictions.labels, ["auc"])["auc"]
-        self.history.append(EpochResult(
-            epoch=self.current_epoch, train_loss=self._mean_train_loss(), validation_loss=predictions.mean_batch_loss,
-            validation_auc=auc, learning_rate=self._epoch_lr,
-        ))
+        auc = get_performance(scores.evaluated.scores, scores.evaluated.labels, ["auc"])["auc"]
+        result = EpochResult(epoch=self.current_epoch, train_loss=self._mean_train_loss(),
+                             validation_loss=scores.logged_loss, validation_auc=auc, learning_rate=self._epoch_lr)
+        self.history.append(result)
+        self.trace.set(epoch=result.epoch, lr=result.learning_rate, validation_auc=auc,
+                       validation_loss_logged=result.validation_loss)
+        self.trace.write()
 
     def _mean_train_loss(self) -> float:
-        total = self._train_loss_sum.detach().clone()
-        count = torch.tensor(float(self._train_batches), dtype=torch.float64, device=total.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(total)
-            dist.all_reduce(count)
-        return float(total / count) if count > 0 else float("nan")
+        """This rank's mean per-batch training loss (rank 0's is the logged one, as in legacy)."""
+        return float(self._train_loss_sum / self._train_batches) if self._train_batches else float("nan")
 
     @torch.no_grad()
-    def predict_channel(self, loader: Iterable[Batch]) -> Predictions:
-        """This process alone scores every batch of `loader` (no collectives), in eval mode."""
+    def score(self, loader: Iterable[Batch], name: str, epoch_index: int) -> ChannelScores:
+        """One evaluation pass of every rank over its `loader` (a collective under DDP), in eval mode."""
         self.eval()
-        rows, scores, labels, losses = [], [], [], []
+        self.trace.start(final=name, epoch_index=epoch_index)
+        scored = EvaluationPass()
         with self.trainer.precision_plugin.forward_context():
             for batch in loader:
                 batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
                 batch_scores, y, loss = self._common_step(batch, "predict")
-                rows.append(batch["row"])
-                scores.append(batch_scores.float())
-                labels.append(y)
-                losses.append(loss.float() / len(y))
-        return gather_predictions(rows, scores, labels, losses, distributed=False)
+                scored.add(batch["row"], batch_scores, y, loss)
+                self.trace.extend("rows", batch["row"].tolist())
+        self.trace.write()
+        return scored.gather(legacy_order=self.legacy_evaluation)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.config.train)

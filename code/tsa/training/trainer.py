@@ -9,12 +9,15 @@ gradient (Q11, and the whole ccid branch when a batch keeps no ccid row).
 from __future__ import annotations
 
 import logging
+import os
+import random
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
@@ -32,7 +35,10 @@ from tsa.training.callbacks import (
     SpotCheckpoint,
 )
 from tsa.training.distributed import WorldLayout
+from tsa.training.evaluation import ChannelScores
+from tsa.training.selection import EarlyStop
 from tsa.training.system import EpochResult, TsaSystem
+from tsa.training.trace import RunTrace
 
 log = logging.getLogger("tsa.training")
 
@@ -47,7 +53,8 @@ class FitOutcome:
     history: list[EpochResult]
     best_epoch: int | None
     best_auc: float
-    stopped_early: bool
+    early_stop: EarlyStop
+    scores: dict[str, ChannelScores]  # the selected model on every evaluation channel
 
 
 def cpu_aware_precision(config: JobConfig, on_cpu: bool) -> str:
@@ -89,23 +96,42 @@ def build_trainer(config: JobConfig, layout: WorldLayout, callbacks: list[L.Call
 
 
 def seed_everything(seed: int) -> None:
-    """Legacy: seed 0 means "do not seed" (Q20)."""
+    """Seed Python, NumPy and torch as the legacy job did; seed 0 means "do not seed" (Q20).
+
+    Not Lightning's `seed_everything`: it records the seed in `PL_GLOBAL_SEED`, and the DDP strategy
+    then re-seeds every rank after the model is built, which the legacy job never did (the dropout
+    stream of a multi-process run would start elsewhere).
+    """
+    os.environ.pop("PL_GLOBAL_SEED", None)
     if seed:
-        L.seed_everything(seed, workers=True)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
 def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, checkpoint_dir: Path,
-        work_dir: Path) -> FitOutcome:
-    """Train; resume from `checkpoint_dir/last.ckpt` when it exists."""
+        work_dir: Path, trace_dir: Path | None = None) -> FitOutcome:
+    """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
+
+    The final scoring is the legacy post-training pass: every rank reloads the best weights and
+    evaluates validation, then calibration (then test), in the sampler order of the epoch index
+    after the last trained epoch, as the legacy early-stop branch did.
+    """
     seed_everything(config.train.seed)
     if config.runtime.fast_mode:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where fp32 remains
     model = build_model(config.model)
-    system = TsaSystem(model, config)
+    trace = RunTrace(trace_dir)
+    trace.record_init(model)
+    system = TsaSystem(model, config, trace)
     datamodule = TsaDataModule(config, channels)
     selection = LegacySelection(config.train.patience, checkpoint_dir)
     # Order matters: selection updates before the metric line and the checkpoint read it.
-    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection), SpotCheckpoint(checkpoint_dir)]
+    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection), 
+                 SpotCheckpoint(checkpoint_dir, config.runtime.stop_check_every_n_steps)]
     trainer = build_trainer(config, layout, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
@@ -114,5 +140,9 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
     best = checkpoint_dir / BEST_WEIGHTS
     if selection.tracker.best_epoch is not None and best.is_file():
         load_project_state_dict(model, load_file(str(best), device=str(system.device)))
+    epoch_index = len(system.history)
+    scores = {name: system.score(datamodule.evaluation_loader(name, epoch_index), name, epoch_index)
+              for name in EVALUATION_CHANNELS if name in channels}
     return FitOutcome(system, trainer, datamodule, system.history, selection.tracker.best_epoch,
-                      selection.tracker.best_auc, selection.stopper.early_stop)
+                      selection.tracker.best_auc,
+                      EarlyStop(selection.stop_decided_after, config.train.max_epoch), scores)
