@@ -21,10 +21,8 @@ import json
 import logging
 import os
 import pickle
-import platform
 import shutil
 from importlib import resources
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +32,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from tsa.config import JobConfig
 from tsa.contract import JobPaths
-from tsa.legacy import legacy_state_dict, project_state_dict
-from tsa.training.metrics import MEASURES, get_performance, positive_probability
+from tsa.legacy import legacy_state_dict
 from tsa.training.evaluation import ChannelScores, Predictions
+from tsa.training.metrics import MEASURES, get_performance, positive_probability
 from tsa.training.selection import EarlyStop
 from tsa.training.system import EpochResult
+from tsa.weights import save_weights
 
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
 LEGACY_SCORE_PREFIX = {"validation": "", "calibration": "cali_"}
 PERCENTILE_STEPS = 1000
-
-
-def versions() -> dict[str, str]:
-    return {"tsa-training": version("tsa-training"), "torch": torch.__version__, "lightning": version("lightning"),
-            "python": platform.python_version()}
 
 
 def percentile_map(scores: np.ndarray) -> list[list[float]]:
@@ -174,9 +167,7 @@ def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, histo
     discard_partial(paths)
     partial.mkdir(parents=True)
     name = config.runtime.test_name
-    save_file(project_state_dict(model), str(partial / "model.safetensors"))
-    (partial / "config.json").write_text(json.dumps({**config.resolved(), "versions": versions()}, indent=2,
-                                                    sort_keys=True) + "\n")
+    save_weights(model, config, partial)
     torch.save(legacy_state_dict(model), partial / f"{name}.pt")
     write_legacy_scores(partial, scores)
     final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),

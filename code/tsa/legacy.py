@@ -7,29 +7,22 @@ The models' attribute names *are* the legacy state-dict keys, so weights map key
 this module adds is the file handling around that: DDP `module.` prefixes and checkpoint dicts
 (`{"model": ...}`) on the way in, shape checks with a clear message, the shared-table alias
 keys (Q16: one tensor under `embedding.weight`, `order_attention.embedding.weight`, ...) on
-the way out, and the project's de-duplicated keys for safetensors.
+the way out. The project's own weight format is `tsa.weights`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from tsa.config import SECTIONS, JobConfig, ModelConfig
+from tsa.config import JobConfig, ModelConfig
 from tsa.errors import CheckpointError
+from tsa.weights import alias_groups, load_weights, save_weights
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-LEGACY_MODELNAMES = {
-    "OrderFeatureAttentionClassifier": "single",
-    "TwoSeqMoEOrderFeatureAttentionClassifier": "dual",
-}
 _LEGACY_MODEL_KWARGS = (
     "n_cat_features", "n_num_features", "n_classes", "n_embedding", "seq_len", "n_engineered_num_features",
     "dim_embedding_table", "dim_attn_feedforward", "use_mlp", "num_heads", "dropout", "n_layers_order",
@@ -54,16 +47,6 @@ def unwrap_legacy_checkpoint(obj: Any) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError("legacy weight file: expected a state dict of tensors (or a checkpoint with 'model')")
     return {key.removeprefix("module."): value for key, value in obj.items()}
-
-
-def alias_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Canonical key -> every state-dict key that names the same tensor (shared tables, Q16)."""
-    groups: dict[str, list[str]] = {}
-    by_tensor: dict[int, str] = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        canonical = by_tensor.setdefault(id(tensor), key)
-        groups.setdefault(canonical, []).append(key)
-    return groups
 
 
 def load_legacy_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
@@ -99,49 +82,6 @@ def load_legacy_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> Non
 def legacy_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Weights under every legacy key, aliases sharing storage as in legacy `state_dict()` files."""
     return dict(model.state_dict())
-
-
-def project_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Weights under the project keys: each tensor once, under its first (canonical) name."""
-    state = model.state_dict()
-    return {canonical: state[canonical].detach().contiguous() for canonical in alias_groups(model)}
-
-
-def load_project_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Load project-keyed weights (the inverse of `project_state_dict`)."""
-    groups = alias_groups(model)
-    full = {alias: state[canonical] for canonical, aliases in groups.items() if canonical in state for alias in aliases}
-    missing = sorted(set(groups) - set(state))
-    unexpected = sorted(set(state) - set(groups))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"weights do not fit this model config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(full, strict=True)
-
-
-def save_weights(model: nn.Module, config: JobConfig, directory: Path) -> None:
-    """`model.safetensors` (project keys) and `config.json` (the resolved config) in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(project_state_dict(model), str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(config.resolved(), indent=2, sort_keys=True) + "\n")
-
-
-def read_saved_config(directory: Path) -> JobConfig:
-    """The `JobConfig` stored beside saved weights."""
-    data = json.loads((directory / CONFIG_FILE).read_text())
-    flat = {key: value for name in SECTIONS for key, value in data[name].items()}
-    return JobConfig.from_hyperparameters(flat)
-
-
-def load_weights(directory: Path) -> tuple[nn.Module, JobConfig]:
-    """Rebuild the model saved by `save_weights` (eval mode)."""
-    from tsa.models import build_model
-
-    config = read_saved_config(directory)
-    model = build_model(config.model)
-    load_project_state_dict(model, load_file(str(directory / WEIGHTS_FILE)))
-    return model.eval(), config
 
 
 def import_legacy(weight_file: Path, config: JobConfig, output_dir: Path) -> nn.Module:

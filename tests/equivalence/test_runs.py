@@ -23,7 +23,21 @@ import numpy as np
 import pytest
 import torch
 
-from tests.equivalence.runs import CaseRun, run_case, run_case_with_stop, run_cases, run_manifest, tensor_sha1
+from tests.equivalence.runs import (
+    RUN_FIXTURE_DIR,
+    CaseRun,
+    run_case,
+    run_case_with_stop,
+    run_cases,
+    run_manifest,
+    tensor_sha1,
+)
+from tsa.config import JobConfig
+from tsa.contract import Channel
+from tsa.data import model_inputs, open_channel, to_batch
+from tsa.legacy import load_legacy_state_dict
+from tsa.models import build_model
+from tsa.training.metrics import get_performance
 
 pytestmark = pytest.mark.slow
 
@@ -138,6 +152,43 @@ def test_final_scoring_uses_the_legacy_order(run: CaseRun) -> None:
     rows = [row for rank in range(run.world_size) for row in
             next(r for r in run.traces[rank] if r.get("final") == "validation")["rows"]]
     assert rows[: len(run.expected["files"]["vali"]["rows"])] == run.expected["files"]["vali"]["rows"].tolist()
+
+
+FAST_LOGIT_ATOL = 1e-5  # the fast-mode contract (fp32 fused attention) at the run fixtures' sizes
+FAST_AUC_ATOL = 1e-3
+
+
+@pytest.mark.parametrize("entry", run_cases())
+def test_fast_mode_scores_the_legacy_best_model_like_the_exact_path(entry: dict[str, Any]) -> None:
+    """Fast mode's forward on the legacy best weights: logits within 1e-5 of the exact path, same AUC."""
+    expected = torch.load(RUN_FIXTURE_DIR / entry["case_id"] / "expected.pt", weights_only=True)
+    hyperparameters = dict(expected["hyperparameters"])
+    scores = {fast: score_best_model(expected, {**hyperparameters, "fast_mode": str(fast).lower()})
+              for fast in (False, True)}
+    labels = expected["files"]["vali"]["tag"]
+    assert (scores[True] - scores[False]).abs().max().item() <= FAST_LOGIT_ATOL
+    auc = {fast: get_performance(s, labels, ["auc"])["auc"] for fast, s in scores.items()}
+    assert abs(auc[True] - auc[False]) <= FAST_AUC_ATOL
+
+
+def score_best_model(expected: dict[str, Any], hyperparameters: dict[str, str]) -> torch.Tensor:
+    """Logits of the legacy best weights on the validation rows, in the legacy final pass's order."""
+    config = JobConfig.from_hyperparameters(hyperparameters)
+    model = build_model(config.model)
+    load_legacy_state_dict(model, expected["best_state_dict"])
+    model.eval()
+    folder = RUN_FIXTURE_DIR / expected["case_id"] / "job/input/data/vali"
+    channel = open_channel(Channel("validation", folder), config)
+    rows = expected["files"]["vali"]["rows"].numpy()
+    batch_size = config.train.batch_size
+    torch.manual_seed(0)  # the MoE's eval-time draws (Q4): the same stream for both modes
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = to_batch(channel.take(rows[start:start + batch_size], channel.names), config.model.model_type)
+            inputs, _ = model_inputs(batch, config.model)
+            outputs.append(model(**inputs)[0])
+    return torch.cat(outputs)
 
 
 def _resume_cases() -> list[Any]:

@@ -16,13 +16,9 @@ import torch
 
 from tests.equivalence.fixtures import cases, load
 from tsa.errors import CheckpointError
-from tsa.legacy import (
-    alias_groups,
-    load_legacy_state_dict,
-    model_config_from_legacy_kwargs,
-    unwrap_legacy_checkpoint,
-)
+from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs, unwrap_legacy_checkpoint
 from tsa.models import build_model
+from tsa.weights import alias_groups
 
 MODEL_TYPES = {"models.OrderFeatureAttentionClassifier": "single",
                "models.TwoSeqMoEOrderFeatureAttentionClassifier": "dual"}

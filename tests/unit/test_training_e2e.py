@@ -28,7 +28,8 @@ from tests.jobs import TINY, free_port, make_job, metrics, run_job
 from tsa.contract import JobPaths
 from tsa.data.convert import read_npy_arrays
 from tsa.entrypoint import load_job_config
-from tsa.legacy import load_legacy_state_dict, load_weights
+from tsa.legacy import load_legacy_state_dict
+from tsa.weights import load_weights
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +202,46 @@ def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninte
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
     assert metrics(root)["epochs"] == metrics(uninterrupted)["epochs"]
+
+
+def score_lines(path: Path) -> list[float]:
+    return [float(line) for line in path.read_text().split()]
+
+
+def test_evaluation_order_is_the_legacy_sampler_order_unless_fixed(tmp_path: Path) -> None:
+    """Default: validation in torch's DistributedSampler order (seed 0 + epoch); the Q24 fix: row order."""
+    from torch.utils.data import DistributedSampler
+
+    from tsa.training.trace import read_trace
+
+    hp = {**TINY, "use_moe": "1", "num_experts": "3", "batch_size": "48", "trace": "true"}
+    legacy = make_job(tmp_path / "legacy", hp)
+    fixed = make_job(tmp_path / "fixed", {**hp, "fix_evaluation_order": "true"}, data=legacy / "input/data")
+    for root in (legacy, fixed):
+        proc = run_job(root)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    n_validation = 160
+
+    def sampler_order(epoch: int) -> list[int]:
+        sampler = DistributedSampler(range(n_validation), num_replicas=1, rank=0, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    legacy_trace = read_trace(legacy / "output/data/trace/rank0.jsonl")
+    fixed_trace = read_trace(fixed / "output/data/trace/rank0.jsonl")
+    epochs = [r for r in legacy_trace if "epoch" in r and "final" not in r]
+    assert [r["validation_rows"] for r in epochs] == [sampler_order(r["epoch"]) for r in epochs]
+    assert all(r["validation_rows"] == list(range(n_validation))
+               for r in fixed_trace if "epoch" in r and "final" not in r)
+
+    # Score files: line i is the i-th evaluated example (legacy: the final pass's sampler order).
+    final_order = sampler_order(len(epochs))
+    by_row = predicted_scores(legacy, "validation")
+    np.testing.assert_allclose(score_lines(legacy / "model/score_file.csv"),
+                               [by_row[str(r)] for r in final_order], rtol=0, atol=1e-9)
+    fixed_by_row = predicted_scores(fixed, "validation")
+    np.testing.assert_allclose(score_lines(fixed / "model/score_file.csv"),
+                               [fixed_by_row[str(r)] for r in range(n_validation)], rtol=0, atol=1e-9)
+    # Numeric (MoE routes across the batch, and a partial last batch weighs the mean of batch means).
+    assert [e["validation_loss"] for e in metrics(legacy)["epochs"]] != \
+        [e["validation_loss"] for e in metrics(fixed)["epochs"]]

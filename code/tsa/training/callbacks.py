@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from tsa.legacy import project_state_dict
 from tsa.training.selection import BestModelTracker, LegacyEarlyStopping
+from tsa.weights import project_state_dict
 
 log = logging.getLogger("tsa.training")
 

@@ -25,7 +25,6 @@ from safetensors.torch import load_file
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import TsaDataModule
-from tsa.legacy import load_project_state_dict
 from tsa.models import build_model
 from tsa.training.callbacks import (
     BEST_WEIGHTS,
@@ -39,6 +38,7 @@ from tsa.training.evaluation import ChannelScores
 from tsa.training.selection import EarlyStop
 from tsa.training.system import EpochResult, TsaSystem
 from tsa.training.trace import RunTrace
+from tsa.weights import load_project_state_dict
 
 log = logging.getLogger("tsa.training")
 
@@ -130,7 +130,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
     datamodule = TsaDataModule(config, channels)
     selection = LegacySelection(config.train.patience, checkpoint_dir)
     # Order matters: selection updates before the metric line and the checkpoint read it.
-    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection), 
+    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection),
                  SpotCheckpoint(checkpoint_dir, config.runtime.stop_check_every_n_steps)]
     trainer = build_trainer(config, layout, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
