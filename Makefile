@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-container lint schema clean bench bench-data gpu-check gpu-wheels
+.PHONY: install run test test-container lint schema clean bench bench-data gpu-check gpu-wheels mkl-path bench-runs
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ run: install
 	$(BIN)/python local_mode/run.py --hyperparameters hyperparameters/smoke.json --synth --job-dir runs/smoke --fresh
 
 test: install
-	$(BIN)/pytest -n 2 tests/unit tests/equivalence $(PYTEST_ARGS)
+	$(BIN)/pytest -n 2 --dist loadgroup tests/unit tests/equivalence $(PYTEST_ARGS)
 
 # Builds the local image (installing and starting a Docker engine if needed), then runs the image for real.
 test-container: install
@@ -46,6 +46,10 @@ bench: install
 bench-data: install
 	$(BIN)/python bench/data_loading.py
 
+# Whole legacy runs trained three ways (exact on both MKL paths, fast mode): AUC gaps to the legacy run.
+bench-runs: install
+	$(BIN)/python bench/run_fixtures.py
+
 # On a lent GPU machine (device tool): run(command="make gpu-check", carry=[".whl"]).
 gpu-check:
 	bash bench/gpu_check.sh
@@ -58,8 +62,14 @@ gpu-wheels:
 	  matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 pillow==13.0.0 \
 	  pyparsing==3.3.3
 
+# Shims that choose Intel MKL's code path (tests/equivalence/mkl_path.c; README "Legacy equivalence").
+mkl-path:
+	mkdir -p .build
+	cc -shared -fPIC -O2 -DMKL_PATH_INTEL=1 -o .build/libmkl_path_intel.so tests/equivalence/mkl_path.c
+	cc -shared -fPIC -O2 -DMKL_PATH_INTEL=0 -o .build/libmkl_path_generic.so tests/equivalence/mkl_path.c
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .build
 
 # Container image (docker/README.md). `image` builds the local CPU test image tsa-training:local offline;
 # docker-up/docker-down start/stop a private Docker engine if the machine has none running.

@@ -72,15 +72,24 @@ def failure_text(exc: BaseException) -> str:
 
 
 def write_failure(paths: JobPaths, exc: BaseException) -> None:
-    """Write `output/failure` unless a (more specific) one exists already."""
+    """Write `output/failure` unless a (more specific) one exists already.
+
+    Ranks of one host share the folder: each writes its own temporary file and links it into
+    place, which fails if another rank was first (create-if-absent, atomic).
+    """
     target = paths.failure_file
     if target.exists():
         log.info("failure file %s exists already: kept", target)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(".failure.tmp")
+    tmp = target.with_name(f".failure.{os.getpid()}.tmp")
     tmp.write_text(failure_text(exc), encoding="utf-8")
-    tmp.replace(target)
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        log.info("failure file %s was written by another process: kept", target)
+    finally:
+        tmp.unlink()
 
 
 def exit_code_for(exc: BaseException) -> int:

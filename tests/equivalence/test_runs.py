@@ -26,6 +26,7 @@ import torch
 from tests.equivalence.runs import (
     RUN_FIXTURE_DIR,
     CaseRun,
+    find_mkl_path,
     run_case,
     run_case_with_stop,
     run_cases,
@@ -45,10 +46,17 @@ LOSS_ATOL = 1e-9  # float64 means of bit-equal float32 losses: only the summatio
 SCORE_ATOL = 1e-6  # the legacy score files: scipy float64 softmax of float32 logits
 
 
+@pytest.fixture(scope="session")
+def mkl_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MKL code path the set was made on (runs.py), as the shim every job preloads."""
+    _, shim = find_mkl_path(tmp_path_factory.mktemp("mkl"))
+    return shim
+
+
 @pytest.fixture(scope="module", params=run_cases())
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mkl_shim: Path) -> CaseRun:
     entry = request.param
-    result = run_case(entry, tmp_path_factory.mktemp(entry["case_id"]) / "opt_ml")
+    result = run_case(entry, tmp_path_factory.mktemp(entry["case_id"]) / "opt_ml", mkl_shim)
     assert result.returncode == 0, result.log[-4000:]
     return result
 
@@ -200,9 +208,10 @@ def _resume_cases() -> list[Any]:
 
 
 @pytest.fixture(scope="module", params=_resume_cases())
-def resumed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> CaseRun:
+def resumed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mkl_shim: Path) -> CaseRun:
     entry = request.param
-    result, stopped_log, stopped_code = run_case_with_stop(entry, tmp_path_factory.mktemp(entry["case_id"]) / "job")
+    result, stopped_log, stopped_code = run_case_with_stop(entry, tmp_path_factory.mktemp(entry["case_id"]) / "job",
+                                                           mkl_shim)
     assert stopped_code == 143, stopped_log[-4000:]
     assert "resuming" in result.log, result.log[-4000:]
     assert result.returncode == 0, result.log[-4000:]
