@@ -5,8 +5,8 @@ Training order: for a memory-mapped (`.npy`) channel it is the legacy `Distribut
 rows, rank r taking every world-th row), so a legacy run's batches are reproduced. For a
 Parquet channel the permutation keeps row groups together (row-group order shuffled, rows
 shuffled within each group) and ranks take contiguous blocks, so each row group is decoded by
-one reader. Evaluation: no shuffle, no padding; every row is read exactly once across ranks
-and workers.
+one reader. Evaluation in the legacy order uses the same plan; the row-order plan (no shuffle,
+no padding) reads every row exactly once across ranks and workers.
 
 Ranks must run the same number of training steps (DDP), so training pads each rank to the same
 row count; at most world-1 rows repeat per epoch, exactly like the legacy sampler.

@@ -1,13 +1,14 @@
 """The Lightning system: one TSA model trained with the legacy recipe (spec §6).
 
 `TsaSystem(model, config)` takes a plain model (Lightning's model/system split). One step body
-(`_common_step`) serves training, validation and prediction: batch -> the legacy forward
+(`_common_step`) serves training, validation and scoring: batch -> the legacy forward
 arguments -> `(scores, ensemble)` -> the selected legacy loss. Optimizer and schedule are the
 legacy Adam + OneCycleLR stepped once per epoch (Q19). Validation predictions of every rank are
-gathered with their row numbers, so metrics are computed on each example exactly once and equal
-the single-process metrics; every rank computes the same numbers (no broadcast needed).
+gathered as the legacy gathered them (`evaluation.py`); every rank computes the same metrics from
+them (no broadcast needed).
 
-Logged loss values follow the legacy: per batch `loss / batch size`, averaged over batches.
+Logged loss values follow the legacy: per batch `loss.item() / len(batch)` in float64, averaged over
+this rank's batches (rank 0's are the logged ones).
 """
 
 from __future__ import annotations
