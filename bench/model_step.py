@@ -44,7 +44,7 @@ from tsa.data.loader import BatchStream, configure_allocator, make_loader
 from tsa.data.sharding import ShardSpec
 from tsa.data.synth import generate
 from tsa.models import build_model
-from tsa.training.trainer import cpu_aware_precision
+from tsa.training.plan import precision_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"eu": "eu_single.json", "na": "na_dual.json"}
@@ -61,7 +61,7 @@ def job_config(name: str, fast: bool) -> JobConfig:
 
 
 def autocast(config: JobConfig, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    precision = cpu_aware_precision(config, on_cpu=device.type == "cpu")
+    precision = precision_for(config.runtime, on_gpu=device.type == "cuda")
     if device.type == "cuda" and precision == "16-mixed":
         return torch.autocast("cuda", dtype=torch.float16)
     if precision == "bf16-mixed":
@@ -76,7 +76,7 @@ class Step:
         self.model, self.config, self.device = model.to(device).train(), config, device
         self.forward = torch.compile(model.forward) if compiled else model.__call__
         self.optimizer = torch.optim.Adam(model.parameters(), lr=4e-5, fused=device.type == "cuda")
-        fp16 = cpu_aware_precision(config, on_cpu=device.type == "cpu") == "16-mixed"
+        fp16 = precision_for(config.runtime, on_gpu=device.type == "cuda") == "16-mixed"
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.loss = nn.CrossEntropyLoss(reduction="sum")
 
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             ]
             for mode, config, step in modes:
                 if mode == "fast":
-                    step = Step(build_model(config.model), config, device, compiled=gpu)
+                    step = Step(build_model(config.model, fused_attention=True), config, device, compiled=gpu)
                 if step is None:
                     continue
                 paths = [("model_step", device_batches(config, batch_size, device))]

@@ -96,12 +96,6 @@ class ModelConfig(_Section):
     fix_feature_aggregation_widths: bool = Field(
         False, description="Fix Q9: floor FeatureAggregation widths at 1 so inputs below 32 features are used."
     )
-    fused_attention: bool = Field(
-        False,
-        description="Fast mode: attention through scaled_dot_product_attention (the time factor split into "
-        "per-query and per-key scales); fp32 outputs within 1e-5 of the exact path. Set by fast_mode.",
-    )
-
 
 class DataConfig(_Section):
     """Where and how the channel data is read (legacy layout: contracts §3)."""
@@ -183,18 +177,11 @@ class RuntimeConfig(_Section):
     test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.", min_length=1)
     fast_mode: bool = Field(
         False,
-        description="Opt-in speed: fused attention, bf16-mixed precision (unless precision is set), "
-        "torch.compile of the model on GPU, TF32 matmuls. Numbers then differ from the exact legacy path "
-        "(contract: fp32 within 1e-5 of it; bf16 training reaches the same validation AUC within 0.005).",
+        description="Opt-in speed: fused attention and broadcast table lookups, float32 matmul precision "
+        "'high' (TF32 on GPU); on GPU also bf16-mixed precision (unless precision is set) and torch.compile "
+        "of the forward. Numbers then differ from the exact legacy path (contract: fp32 logits within 1e-5 of "
+        "it; see the README).",
     )
-
-    @property
-    def resolved_precision(self) -> Precision:
-        if self.precision is not None:
-            return self.precision
-        if self.fast_mode:
-            return "bf16-mixed"
-        return "16-mixed" if self.use_amp else "32"
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -228,10 +215,8 @@ class JobConfig(BaseModel):
         return flat
 
     def resolved(self) -> dict[str, Any]:
-        """The resolved configuration as JSON-ready sections, derived values included."""
-        data = self.model_dump(mode="json")
-        data["runtime"]["precision"] = self.runtime.resolved_precision
-        return data
+        """The resolved configuration as JSON-ready sections (what the machine makes of it: the run plan)."""
+        return self.model_dump(mode="json")
 
 
 def typed_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,8 +361,6 @@ def _build_job_config(raw: Mapping[str, Any]) -> JobConfig:
     if problems:
         raise ConfigError(problems)
     config = JobConfig(**sections)  # type: ignore[arg-type]
-    if config.runtime.fast_mode and not config.model.fused_attention:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"fused_attention": True})})
     problems = cross_field_problems(config)
     if problems:
         raise ConfigError(problems)

@@ -32,7 +32,7 @@ from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
 from tsa.training.callbacks import LAST_CHECKPOINT, StopRequested
-from tsa.training.distributed import configure_environment, is_launched_worker, world_layout
+from tsa.training.plan import configure_environment, is_launched_worker, plan_run
 from tsa.training.trainer import FitOutcome, fit
 
 log = logging.getLogger("tsa")
@@ -132,20 +132,18 @@ def train_job(paths: JobPaths) -> None:
             f"channel 'validation' is missing: no folder {paths.data_dir / 'validation'} (or 'vali', 'val'); "
             "training selects the best model by validation AUC, as the legacy job did"
         )
-    layout = world_layout(resources, config.runtime)
+    plan = plan_run(config, resources)
     if not is_launched_worker():
         validate_job_data(config, channels)
         discard_partial(paths)
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
-        log.info("world: %d node(s) x %d %s process(es); this host %s is node %d; master %s",
-                 layout.num_nodes, layout.devices, layout.accelerator, resources.current_host, layout.node_rank,
-                 layout.master_addr)
-    configure_environment(layout)
+        log.info("run plan: %s", plan.describe(resources.current_host))
+    configure_environment(plan.world)
     checkpoint_dir = Path(config.runtime.checkpoint_dir) if config.runtime.checkpoint_dir else paths.checkpoint_dir
     trace_dir = paths.output_data_dir / "trace" if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    outcome = fit(config, channels, layout, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
+    outcome = fit(config, channels, plan, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
                   trace_dir=trace_dir)
     distributed = dist.is_available() and dist.is_initialized()
     try:

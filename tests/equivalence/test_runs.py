@@ -182,7 +182,7 @@ def test_fast_mode_scores_the_legacy_best_model_like_the_exact_path(entry: dict[
 def score_best_model(expected: dict[str, Any], hyperparameters: dict[str, str]) -> torch.Tensor:
     """Logits of the legacy best weights on the validation rows, in the legacy final pass's order."""
     config = JobConfig.from_hyperparameters(hyperparameters)
-    model = build_model(config.model)
+    model = build_model(config.model, fused_attention=config.runtime.fast_mode)
     load_legacy_state_dict(model, expected["best_state_dict"])
     model.eval()
     folder = RUN_FIXTURE_DIR / expected["case_id"] / "job/input/data/vali"

@@ -50,7 +50,7 @@ def test_examples_hold_the_production_values_of_legacy_contracts() -> None:
     assert (na.model.model_type, na.model.n_cat_features, na.model.n_num_features) == ("dual", 109, 67)
     assert (na.model.n_embedding, na.model.n_engineered_num_features, na.train.batch_size) == (2070, 297, 640)
     for cfg in (eu, na):
-        assert cfg.runtime.resolved_precision == "16-mixed"
+        assert cfg.runtime.use_amp and cfg.runtime.precision is None  # 16-mixed on GPU: the run plan
         assert (cfg.train.max_epoch, cfg.train.patience, cfg.train.scheduler_maxlr) == (100, 5, 5e-4)
         assert (cfg.model.dim_embedding_table, cfg.model.n_layers_order, cfg.model.n_layers_feature) == (64, 6, 4)
 
@@ -126,7 +126,7 @@ def test_legacy_defaults_are_the_train_py_defaults() -> None:
     assert (cfg.model.use_moe, cfg.model.num_experts, cfg.model.n_layers_feature) == (True, 1, 6)
     assert (cfg.train.batch_size, cfg.train.max_epoch) == (1024, 70)
     assert (cfg.train.lr, cfg.train.scheduler_maxlr) == (1e-5, 1e-3)
-    assert (cfg.train.patience, cfg.train.seed, cfg.runtime.resolved_precision) == (10, 0, "32")
+    assert (cfg.train.patience, cfg.train.seed, cfg.runtime.use_amp, cfg.runtime.precision) == (10, 0, False, None)
 
 
 def test_no_caps_on_production_scale() -> None:

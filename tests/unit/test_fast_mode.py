@@ -19,8 +19,10 @@ from tests.conftest import load_example
 from tests.equivalence.fixtures import cases, load
 from tests.jobs import make_job, metrics, run_job
 from tsa.config import JobConfig
+from tsa.contract import ResourceConfig
 from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs
 from tsa.models import build_model
+from tsa.training.plan import RunPlan, plan_run
 
 FAST_TOL = {"rtol": 1e-5, "atol": 1e-5}
 MODEL_TYPES = {"models.OrderFeatureAttentionClassifier": "single",
@@ -33,7 +35,7 @@ EVAL_MODEL_CASES = [p for p in cases("model") if load(p.values[0])["mode"] == "e
 def test_fused_attention_reproduces_the_legacy_fixtures_within_1e_5(entry: dict[str, Any]) -> None:
     fx = load(entry)
     cfg = model_config_from_legacy_kwargs(fx["ctor_kwargs"], MODEL_TYPES[fx["target"]])
-    model = build_model(cfg.model_copy(update={"fused_attention": True}))
+    model = build_model(cfg, fused_attention=True)
     load_legacy_state_dict(model, fx["state_dict"])
     model.eval()
     torch.manual_seed(fx["forward_seed"])
@@ -44,15 +46,26 @@ def test_fused_attention_reproduces_the_legacy_fixtures_within_1e_5(entry: dict[
     assert torch.equal(torch.get_rng_state(), fx["rng_state_after_forward"])
 
 
-def test_fast_mode_is_off_by_default_and_sets_its_parts() -> None:
+def plan(hyperparameters: dict[str, str], gpus: int) -> RunPlan:
+    """The run plan on a machine with `gpus` GPUs (0: CPU only)."""
+    return plan_run(JobConfig.from_hyperparameters(hyperparameters), ResourceConfig(), gpus=gpus)
+
+
+def test_fast_mode_is_off_by_default_and_the_plan_decides_its_parts() -> None:
     base = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120"}
-    exact = JobConfig.from_hyperparameters(base)
-    assert not exact.runtime.fast_mode and not exact.model.fused_attention
-    assert exact.runtime.resolved_precision == "32"
-    fast = JobConfig.from_hyperparameters({**base, "fast_mode": "true"})
-    assert fast.model.fused_attention and fast.runtime.resolved_precision == "bf16-mixed"
-    fp32_fast = JobConfig.from_hyperparameters({**base, "fast_mode": "1", "precision": "32"})
-    assert fp32_fast.runtime.resolved_precision == "32"
+    for gpus in (0, 8):
+        exact = plan(base, gpus)
+        assert (exact.precision, exact.fused_attention, exact.compile_model, exact.fast_matmul) == ("32", False,
+                                                                                                  False, False)
+    fast_gpu = plan({**base, "fast_mode": "true"}, gpus=8)
+    assert (fast_gpu.precision, fast_gpu.fused_attention, fast_gpu.compile_model, fast_gpu.fast_matmul) == (
+        "bf16-mixed", True, True, True)
+    assert fast_gpu.world.devices == 8
+    fast_cpu = plan({**base, "fast_mode": "true"}, gpus=0)
+    assert (fast_cpu.precision, fast_cpu.fused_attention, fast_cpu.compile_model) == ("32", True, False)
+    assert plan({**base, "fast_mode": "1", "precision": "32"}, gpus=8).precision == "32"
+    assert plan({**base, "use_amp": "1"}, gpus=8).precision == "16-mixed"
+    assert plan({**base, "use_amp": "1"}, gpus=0).precision == "32"  # legacy AMP was GPU only
 
 
 @pytest.mark.slow

@@ -27,10 +27,10 @@ def inputs_for(cfg: ModelConfig) -> dict:
 @pytest.mark.parametrize("model_type", ["single", "dual"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_forward_backward_matches_cpu(model_type: str, fused: bool) -> None:
-    cfg = ModelConfig(model_type=model_type, use_moe=False, fused_attention=fused, **SMALL)
+    cfg = ModelConfig(model_type=model_type, use_moe=False, **SMALL)
     torch.manual_seed(0)
-    cpu_model = build_model(cfg).eval()
-    gpu_model = build_model(cfg).eval()
+    cpu_model = build_model(cfg, fused_attention=fused).eval()
+    gpu_model = build_model(cfg, fused_attention=fused).eval()
     gpu_model.load_state_dict(cpu_model.state_dict())
     gpu_model.cuda()
     inputs = inputs_for(cfg)
@@ -47,8 +47,8 @@ def test_cuda_forward_backward_matches_cpu(model_type: str, fused: bool) -> None
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_autocast_training_step_is_finite(dtype: torch.dtype) -> None:
-    cfg = ModelConfig(use_moe=False, fused_attention=dtype == torch.bfloat16, **SMALL)
-    model = build_model(cfg).cuda().train()
+    cfg = ModelConfig(use_moe=False, **SMALL)
+    model = build_model(cfg, fused_attention=dtype == torch.bfloat16).cuda().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch(cfg).items()}

@@ -26,10 +26,11 @@ SMALL_BATCH_ROWS = 40_000  # legacy use_small_batch: the first 40,000 rows of ea
 class TsaDataModule(L.LightningDataModule):
     """Batches of the train / validation / calibration / test channels for this rank."""
 
-    def __init__(self, config: JobConfig, channels: dict[str, Channel]) -> None:
+    def __init__(self, config: JobConfig, channels: dict[str, Channel], pin_memory: bool = False) -> None:
         super().__init__()
         self.config = config
         self.channels = channels
+        self.pin_memory = pin_memory
         self.sources: dict[str, ChannelSource] = {}
         self.streams: dict[str, BatchStream] = {}
 
@@ -81,8 +82,7 @@ class TsaDataModule(L.LightningDataModule):
             stream.set_epoch(epoch)
 
     def loader(self, stream: BatchStream) -> DataLoader:
-        pin = torch.cuda.is_available() and self.config.runtime.accelerator != "cpu"
-        return make_loader(stream, self.config.data.num_workers, pin_memory=pin)
+        return make_loader(stream, self.config.data.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader(self.stream("train", training=True))

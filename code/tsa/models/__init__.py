@@ -14,6 +14,7 @@ from tsa.models.tsa_dual import DualSequenceTSA
 __all__ = ["DualSequenceTSA", "SingleSequenceTSA", "TrainingLoss", "build_model", "select_loss"]
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The classifier `cfg.model_type` names."""
-    return DualSequenceTSA(cfg) if cfg.model_type == "dual" else SingleSequenceTSA(cfg)
+def build_model(cfg: ModelConfig, *, fused_attention: bool = False) -> nn.Module:
+    """The classifier `cfg.model_type` names; `fused_attention`: fast mode's kernels (the run plan decides)."""
+    model_class = DualSequenceTSA if cfg.model_type == "dual" else SingleSequenceTSA
+    return model_class(cfg, fused_attention=fused_attention)

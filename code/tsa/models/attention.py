@@ -134,7 +134,7 @@ def _apply_attn_mask(scores: Tensor, attn_mask: Tensor) -> Tensor:
 
 
 def build_feedforward(
-    dim: int, hidden: int, dropout: float, use_moe: bool, num_experts: int, moe_eval_policy: SecondPolicy
+    *, dim: int, hidden: int, dropout: float, use_moe: bool, num_experts: int, moe_eval_policy: SecondPolicy
 ) -> nn.Module:
     """The layer's FFN: an MoE (legacy ReLU experts, random second policy) or Linear-ReLU-Dropout-Linear."""
     if use_moe:
@@ -150,6 +150,7 @@ class AttentionLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         dim_embed: int,
         dim_attn_feedforward: int,
         num_heads: int,
@@ -173,7 +174,8 @@ class AttentionLayer(nn.Module):
         self.layer_norm1 = nn.LayerNorm(dim_embed)
         self.layer_norm2 = nn.LayerNorm(dim_embed)
         self.feedforward = build_feedforward(
-            dim_embed, dim_attn_feedforward, dropout, use_moe, num_experts, moe_eval_policy
+            dim=dim_embed, hidden=dim_attn_feedforward, dropout=dropout, use_moe=use_moe, num_experts=num_experts,
+            moe_eval_policy=moe_eval_policy,
         )
 
     def forward(
@@ -197,6 +199,7 @@ class AttentionLayerPreNorm(nn.Module):
 
     def __init__(
         self,
+        *,
         dim_embed: int,
         dim_attn_feedforward: int,
         num_heads: int,
@@ -214,7 +217,8 @@ class AttentionLayerPreNorm(nn.Module):
         self.layer_norm1 = nn.LayerNorm(dim_embed)
         self.layer_norm2 = nn.LayerNorm(dim_embed)
         self.feedforward = build_feedforward(
-            dim_embed, dim_attn_feedforward, dropout, use_moe, num_experts, moe_eval_policy
+            dim=dim_embed, hidden=dim_attn_feedforward, dropout=dropout, use_moe=use_moe, num_experts=num_experts,
+            moe_eval_policy=moe_eval_policy,
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:

@@ -10,6 +10,11 @@ feature attention's `layer_norm` are never used (Q11, kept for state-dict compat
 feature attention's summary token is the padding row of `embedding_engineered` (Q10), so it is
 looked up through the `padding_idx=0` embedding and never receives gradient.
 
+Constructors are keyword-only; their defaults are the legacy constructors' defaults (the module
+fixtures build the encoders from the legacy keyword arguments and rely on them), which are not the
+config's defaults: the classifiers pass every value explicitly. `fused_attention` (fast mode)
+selects the fused attention kernels and the broadcast numerical lookups.
+
 TorchScript-compilable; flags fixed at construction are `Final`, so the branches (and the
 optional bias parameters) a model was not built with are not compiled.
 """
@@ -52,6 +57,7 @@ class OrderAttentionLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         n_cat_features: int,
         n_num_features: int,
         n_embedding: int,
@@ -81,8 +87,9 @@ class OrderAttentionLayer(nn.Module):
         self.embedding = embedding_table
         self.layer_norm_feature = nn.LayerNorm(dim_embed)
         self.layer_stack = nn.ModuleList(
-            AttentionLayer(dim_embed, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts,
-                           use_time_seq, moe_eval_policy, fused=fused_attention)
+            AttentionLayer(dim_embed=dim_embed, dim_attn_feedforward=dim_attn_feedforward, num_heads=num_heads,
+                           dropout=dropout, use_moe=use_moe, num_experts=num_experts, use_time_seq=use_time_seq,
+                           moe_eval_policy=moe_eval_policy, fused=fused_attention)
             for _ in range(n_layers_order)
         )
         self.dropout = nn.Dropout(dropout)  # unused (Q11)
@@ -134,6 +141,7 @@ class FeatureAttentionLayer(nn.Module):
 
     def __init__(
         self,
+        *,
         n_cat_features: int,
         n_num_features: int,
         n_embedding: int,
@@ -158,8 +166,9 @@ class FeatureAttentionLayer(nn.Module):
         self.n_engineered = n_engineered_num_features
         self.embedding = embedding_table
         self.layer_stack_feature = nn.ModuleList(
-            AttentionLayerPreNorm(dim, dim_attn_feedforward, num_heads, dropout, use_moe, num_experts, moe_eval_policy,
-                                  fused=fused_attention)
+            AttentionLayerPreNorm(dim_embed=dim, dim_attn_feedforward=dim_attn_feedforward, num_heads=num_heads,
+                                  dropout=dropout, use_moe=use_moe, num_experts=num_experts,
+                                  moe_eval_policy=moe_eval_policy, fused=fused_attention)
             for _ in range(n_layers_feature)
         )
         self.dropout = nn.Dropout(dropout)  # unused (Q11)

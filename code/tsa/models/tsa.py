@@ -37,23 +37,28 @@ def build_classifier_head(dim_in: int, n_classes: int, dropout: float) -> nn.Seq
                          nn.Linear(CLASSIFIER_HIDDEN, n_classes))
 
 
-def build_order_attention(cfg: ModelConfig, table: nn.Embedding) -> OrderAttentionLayer:
+def build_order_attention(cfg: ModelConfig, table: nn.Embedding, fused_attention: bool) -> OrderAttentionLayer:
     """An order-attention encoder with the user's architecture settings."""
     return OrderAttentionLayer(
-        cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, 2 * cfg.dim_embedding_table,
-        cfg.dim_attn_feedforward, table, cfg.num_heads, cfg.dropout, cfg.n_layers_order, cfg.emb_tbl_use_bias,
-        cfg.use_moe, cfg.num_experts, cfg.use_time_seq, moe_eval_policy=moe_eval_policy(cfg),
-        floor_aggregation_widths=cfg.fix_feature_aggregation_widths, fused_attention=cfg.fused_attention,
+        n_cat_features=cfg.n_cat_features, n_num_features=cfg.n_num_features, n_embedding=cfg.n_embedding,
+        seq_len=cfg.seq_len, dim_embed=2 * cfg.dim_embedding_table, dim_attn_feedforward=cfg.dim_attn_feedforward,
+        embedding_table=table, num_heads=cfg.num_heads, dropout=cfg.dropout, n_layers_order=cfg.n_layers_order,
+        emb_tbl_use_bias=cfg.emb_tbl_use_bias, use_moe=cfg.use_moe, num_experts=cfg.num_experts,
+        use_time_seq=cfg.use_time_seq, moe_eval_policy=moe_eval_policy(cfg),
+        floor_aggregation_widths=cfg.fix_feature_aggregation_widths, fused_attention=fused_attention,
     )
 
 
-def build_feature_attention(cfg: ModelConfig, table: nn.Embedding, engineered: nn.Embedding) -> FeatureAttentionLayer:
+def build_feature_attention(cfg: ModelConfig, table: nn.Embedding, engineered: nn.Embedding,
+                            fused_attention: bool) -> FeatureAttentionLayer:
     """A feature-attention encoder with the user's architecture settings."""
     return FeatureAttentionLayer(
-        cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.n_engineered_num_features,
-        2 * cfg.dim_embedding_table, cfg.dim_attn_feedforward, table, engineered, cfg.num_heads, cfg.dropout,
-        cfg.n_layers_feature, cfg.emb_tbl_use_bias, cfg.use_moe, cfg.num_experts,
-        moe_eval_policy=moe_eval_policy(cfg), fused_attention=cfg.fused_attention,
+        n_cat_features=cfg.n_cat_features, n_num_features=cfg.n_num_features, n_embedding=cfg.n_embedding,
+        n_engineered_num_features=cfg.n_engineered_num_features, dim_embed=2 * cfg.dim_embedding_table,
+        dim_attn_feedforward=cfg.dim_attn_feedforward, embedding_table=table, embedding_table_engineered=engineered,
+        num_heads=cfg.num_heads, dropout=cfg.dropout, n_layers_feature=cfg.n_layers_feature,
+        emb_tbl_use_bias=cfg.emb_tbl_use_bias, use_moe=cfg.use_moe, num_experts=cfg.num_experts,
+        moe_eval_policy=moe_eval_policy(cfg), fused_attention=fused_attention,
     )
 
 
@@ -62,15 +67,16 @@ class SingleSequenceTSA(nn.Module):
 
     use_time_seq: Final[bool]
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, fused_attention: bool = False) -> None:
         super().__init__()
         d = cfg.dim_embedding_table
         self.config = cfg
         self.use_time_seq = cfg.use_time_seq
         self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
-        self.order_attention = build_order_attention(cfg, self.embedding)
+        self.order_attention = build_order_attention(cfg, self.embedding, fused_attention)
         self.embedding_engineered = nn.Embedding(cfg.n_engineered_num_features + 1, d, padding_idx=0)
-        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered)
+        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered,
+                                                         fused_attention)
         self.layer_norm = nn.LayerNorm(2 * d)  # unused in this model (Q11)
         self.dropout = nn.Dropout(cfg.dropout)  # unused (Q11)
         self.clf = build_classifier_head(3 * d, cfg.n_classes, cfg.dropout)

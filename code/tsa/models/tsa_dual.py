@@ -40,7 +40,7 @@ class DualSequenceTSA(nn.Module):
     fix_gate_history_rule: Final[bool]
     order_width: Final[int]
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, fused_attention: bool = False) -> None:
         super().__init__()
         d = cfg.dim_embedding_table
         self.config = cfg
@@ -48,21 +48,23 @@ class DualSequenceTSA(nn.Module):
         self.fix_gate_history_rule = cfg.fix_gate_history_rule
         self.order_width = 2 * d  # what the order encoders return per row
         self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
-        self.order_attention_cid = build_order_attention(cfg, self.embedding)
-        self.order_attention_ccid = build_order_attention(cfg, self.embedding)
+        self.order_attention_cid = build_order_attention(cfg, self.embedding, fused_attention)
+        self.order_attention_ccid = build_order_attention(cfg, self.embedding, fused_attention)
         self.embedding_gate = nn.Embedding(cfg.n_embedding + 2, GATE_TABLE_DIM, padding_idx=0)
         self.gate_emb = OrderAttentionLayer(
-            cfg.n_cat_features, cfg.n_num_features, cfg.n_embedding, cfg.seq_len, GATE_EMBED_DIM, GATE_FEEDFORWARD,
-            self.embedding_gate, 1, cfg.dropout, 1, cfg.emb_tbl_use_bias, use_moe=False, num_experts=1,
-            use_time_seq=False, floor_aggregation_widths=cfg.fix_feature_aggregation_widths,
-            fused_attention=cfg.fused_attention,
+            n_cat_features=cfg.n_cat_features, n_num_features=cfg.n_num_features, n_embedding=cfg.n_embedding,
+            seq_len=cfg.seq_len, dim_embed=GATE_EMBED_DIM, dim_attn_feedforward=GATE_FEEDFORWARD,
+            embedding_table=self.embedding_gate, num_heads=1, dropout=cfg.dropout, n_layers_order=1,
+            emb_tbl_use_bias=cfg.emb_tbl_use_bias, use_moe=False, num_experts=1, use_time_seq=False,
+            floor_aggregation_widths=cfg.fix_feature_aggregation_widths, fused_attention=fused_attention,
         )
         self.gate_score = nn.Sequential(
             nn.Linear(2 * GATE_EMBED_DIM, GATE_HIDDEN), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(GATE_HIDDEN, 2),
             nn.Softmax(dim=1),
         )
         self.embedding_engineered = nn.Embedding(cfg.n_engineered_num_features + 1, d, padding_idx=0)
-        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered)
+        self.feature_attention = build_feature_attention(cfg, self.embedding, self.embedding_engineered,
+                                                         fused_attention)
         self.layer_norm = nn.LayerNorm(2 * d)
         self.dropout = nn.Dropout(cfg.dropout)  # unused (Q11)
         self.clf = build_classifier_head(3 * d, cfg.n_classes, cfg.dropout)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from tsa.training.plan import is_distributed
 from tsa.training.selection import BestModelTracker, LegacyEarlyStopping
 from tsa.weights import project_state_dict
 
@@ -48,10 +49,6 @@ class StopRequested(Exception):
     @classmethod
     def before_training(cls) -> StopRequested:
         return cls("training stopped by SIGTERM before training started; nothing to checkpoint")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class LegacySelection(L.Callback):
@@ -148,7 +145,7 @@ class SpotCheckpoint(L.Callback):
         self.stop_requested = True
 
     def _agreed_stop(self, trainer: L.Trainer) -> bool:
-        if not _distributed():
+        if not is_distributed():
             return self.stop_requested  # no tensor, no host sync
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=trainer.strategy.root_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -189,7 +186,7 @@ class SpotCheckpoint(L.Callback):
                            batch_idx: int) -> None:
         self.batches_done += 1
         step = trainer.global_step
-        check = not _distributed() or step % self.check_every_n_steps == 0
+        check = not is_distributed() or step % self.check_every_n_steps == 0
         if check and self._agreed_stop(trainer):
             self.save(trainer)
             raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from tsa.training.plan import is_distributed
+
 
 @dataclass(frozen=True)
 class Predictions:
@@ -51,10 +53,6 @@ class ChannelScores:
     evaluated: Predictions  # legacy: rank blocks cut to N; fixed: row order
     by_row: Predictions
     logged_loss: float  # the mean per-batch loss the job logs (see the module docstring)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class EvaluationPass:
@@ -89,7 +87,7 @@ class EvaluationPass:
         """
         local = self._local()
         parts: list[Any] = [local]
-        if _distributed():
+        if is_distributed():
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, local)
         gathered = Predictions(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),

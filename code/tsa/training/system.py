@@ -27,6 +27,7 @@ from tsa.models import select_loss
 from tsa.training.evaluation import ChannelScores, EvaluationPass
 from tsa.training.metrics import get_performance
 from tsa.training.optim import build_optimizer
+from tsa.training.plan import RunPlan
 from tsa.training.trace import RunTrace, weight_digests
 
 
@@ -43,17 +44,16 @@ class EpochResult:
 class TsaSystem(L.LightningModule):
     """Training, validation and prediction of one TSA model."""
 
-    def __init__(self, model: nn.Module, config: JobConfig, trace: RunTrace | None = None) -> None:
+    def __init__(self, model: nn.Module, config: JobConfig, plan: RunPlan, trace: RunTrace | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.trace = trace or RunTrace(None)
         self.legacy_evaluation = not config.train.fix_evaluation_order
-        # Fast mode on GPU: a compiled forward of the same module. A plain callable, not a submodule,
-        # so checkpoints and exported weights keep the model's keys.
-        compile_model = config.runtime.fast_mode and torch.cuda.is_available() and config.runtime.accelerator != "cpu"
+        # A compiled forward of the same module (the plan decides: fast mode on GPU). A plain callable,
+        # not a submodule, so checkpoints and exported weights keep the model's keys.
         self._forward: Callable[..., tuple[Tensor, Tensor]] = (
-            torch.compile(model.forward) if compile_model else model.__call__
+            torch.compile(model.forward) if plan.compile_model else model.__call__
         )
         self.loss_fn = select_loss(config.train)
         self.history: list[EpochResult] = []

@@ -1,7 +1,6 @@
 """`fit`: build the model, the data, the Lightning Trainer, and train (resuming when possible).
 
-Precision: `32`, legacy AMP (`use_amp=1` -> `16-mixed`, fp16 autocast + GradScaler, GPU only
-as in the legacy job: on CPU it falls back to 32 with a warning) or `bf16-mixed`. DDP runs with
+Everything about processes and numerics comes from the run plan (`plan.py`). DDP runs with
 unused-parameter detection on, because the legacy layout has parameters that never get a
 gradient (Q11, and the whole ccid branch when a batch keeps no ccid row).
 """
@@ -33,8 +32,8 @@ from tsa.training.callbacks import (
     MetricLines,
     SpotCheckpoint,
 )
-from tsa.training.distributed import WorldLayout
 from tsa.training.evaluation import ChannelScores
+from tsa.training.plan import RunPlan
 from tsa.training.selection import EarlyStop
 from tsa.training.system import EpochResult, TsaSystem
 from tsa.training.trace import RunTrace
@@ -57,19 +56,8 @@ class FitOutcome:
     scores: dict[str, ChannelScores]  # the selected model on every evaluation channel
 
 
-def cpu_aware_precision(config: JobConfig, on_cpu: bool) -> str:
-    """The configured precision, except where a CPU cannot honour it well."""
-    precision = config.runtime.resolved_precision
-    if on_cpu and precision == "16-mixed":
-        log.warning("precision 16-mixed (use_amp=1) needs a GPU, as the legacy AMP did: training in 32 on CPU")
-        return "32"
-    if on_cpu and config.runtime.fast_mode and config.runtime.precision is None:
-        log.info("fast mode on CPU: fp32 (bf16 autocast is emulated, i.e. slower, on most CPUs)")
-        return "32"
-    return precision
-
-
-def build_trainer(config: JobConfig, layout: WorldLayout, callbacks: list[L.Callback], root: Path) -> L.Trainer:
+def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path) -> L.Trainer:
+    layout = plan.world
     strategy: Any = "auto"
     if layout.world_size > 1:
         strategy = DDPStrategy(
@@ -82,7 +70,7 @@ def build_trainer(config: JobConfig, layout: WorldLayout, callbacks: list[L.Call
         devices=layout.devices,
         num_nodes=layout.num_nodes,
         strategy=strategy,
-        precision=cpu_aware_precision(config, on_cpu=layout.accelerator == "cpu"),  # type: ignore[arg-type]
+        precision=plan.precision,
         max_epochs=config.train.max_epoch,
         callbacks=callbacks,
         logger=False,
@@ -112,7 +100,7 @@ def seed_everything(seed: int) -> None:
 EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
-def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, checkpoint_dir: Path,
+def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
         work_dir: Path, trace_dir: Path | None = None) -> FitOutcome:
     """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
 
@@ -121,18 +109,18 @@ def fit(config: JobConfig, channels: dict[str, Channel], layout: WorldLayout, ch
     after the last trained epoch, as the legacy early-stop branch did.
     """
     seed_everything(config.train.seed)
-    if config.runtime.fast_mode:
+    if plan.fast_matmul:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where fp32 remains
-    model = build_model(config.model)
+    model = build_model(config.model, fused_attention=plan.fused_attention)
     trace = RunTrace(trace_dir)
     trace.record_init(model)
-    system = TsaSystem(model, config, trace)
-    datamodule = TsaDataModule(config, channels)
+    system = TsaSystem(model, config, plan, trace)
+    datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory)
     selection = LegacySelection(config.train.patience, checkpoint_dir)
     # Order matters: selection updates before the metric line and the checkpoint read it.
     callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection),
                  SpotCheckpoint(checkpoint_dir, config.runtime.stop_check_every_n_steps)]
-    trainer = build_trainer(config, layout, callbacks, work_dir)
+    trainer = build_trainer(config, plan, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
         log.info("resuming from %s", last)

@@ -1,0 +1,147 @@
+"""The run plan: how this job runs, decided once at start from the config and the machine.
+
+`plan_run(config, resources)` is the single place that decides
+- the world: every GPU of every host (CPU: `cpu_processes` per host), the master (the first host
+  in numeric `algo-N` order, identical on every node), this node's rank;
+- the numerics: the precision Lightning trains in, and the fast-mode parts — fused attention,
+  `torch.compile` of the forward (GPU only), float32 matmul precision "high" (TF32 on GPU).
+  `fast_mode=false` (default) is the exact legacy path: fp32 (fp16 AMP with `use_amp`, GPU only as
+  in legacy), the legacy kernels, no compile;
+and everything downstream (Trainer, system, data module, model builder) reads the plan.
+
+Lightning starts the local ranks itself by re-running the job's command line with `LOCAL_RANK`
+set (LightningEnvironment), so `configure_environment` only sets what it reads: `MASTER_ADDR`, a
+fixed `MASTER_PORT`, `NODE_RANK` (multi-node only: a stray NODE_RANK hangs single-node DDP), and
+`NCCL_SOCKET_IFNAME` / `GLOO_SOCKET_IFNAME` from `network_interface_name`. Values already in the
+environment win (the local runner emulates several hosts on 127.0.0.1 that way). Reference:
+../shared/docs/sagemaker_contract.md §5.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tsa.config import JobConfig, Precision, RuntimeConfig
+from tsa.contract import ResourceConfig
+
+log = logging.getLogger(__name__)
+
+MASTER_PORT = 7777  # what the AWS runners use
+
+
+@dataclass(frozen=True)
+class WorldLayout:
+    accelerator: str  # "gpu" or "cpu"
+    devices: int  # processes per host
+    num_nodes: int
+    node_rank: int
+    master_addr: str
+    network_interface: str | None
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+
+def is_distributed() -> bool:
+    """A process group of more than one rank is up."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_launched_worker() -> bool:
+    """True in the ranks Lightning started (local rank > 0): they skip once-per-host work."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def world_layout(resources: ResourceConfig, runtime: RuntimeConfig, gpus: int) -> WorldLayout:
+    """Every one of the `gpus` GPUs of every host (unless `accelerator=cpu`), else `cpu_processes`."""
+    use_gpu = runtime.accelerator != "cpu" and gpus > 0
+    if runtime.accelerator == "gpu" and not use_gpu:
+        log.warning("accelerator=gpu but no CUDA device is visible: training on CPU")
+    return WorldLayout(
+        accelerator="gpu" if use_gpu else "cpu",
+        devices=gpus if use_gpu else runtime.cpu_processes,
+        num_nodes=resources.num_nodes,
+        node_rank=resources.node_rank,
+        master_addr=resources.master_host,
+        network_interface=resources.network_interface_name,
+    )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Processes and numerics of this run (see the module docstring)."""
+
+    world: WorldLayout
+    precision: Precision  # what Lightning trains in
+    fused_attention: bool  # scaled_dot_product_attention kernels and broadcast table lookups
+    compile_model: bool  # torch.compile of the model's forward
+    fast_matmul: bool  # float32 matmul precision "high" (TF32 on GPU)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.world.accelerator == "gpu"
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.on_gpu
+
+    def describe(self, current_host: str) -> str:
+        w = self.world
+        return (f"world: {w.num_nodes} node(s) x {w.devices} {w.accelerator} process(es); this host {current_host} is "
+                f"node {w.node_rank}; master {w.master_addr}; numerics: precision {self.precision}, fused attention "
+                f"{_on(self.fused_attention)}, compile {_on(self.compile_model)}, "
+                f"float32 matmul {'high' if self.fast_matmul else 'highest'}")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def precision_for(runtime: RuntimeConfig, on_gpu: bool) -> Precision:
+    """The precision to train in: `precision` if set, else fast mode's bf16 or `use_amp`'s fp16.
+
+    On CPU, fp16 AMP falls back to 32 (the legacy AMP was GPU only) and fast mode stays fp32
+    (bf16 autocast is emulated, i.e. slower, on most CPUs) unless `precision` asks for it.
+    """
+    if runtime.precision is not None:
+        precision = runtime.precision
+    elif runtime.fast_mode:
+        precision = "bf16-mixed" if on_gpu else "32"
+    else:
+        precision = "16-mixed" if runtime.use_amp else "32"
+    if precision == "16-mixed" and not on_gpu:
+        log.warning("precision 16-mixed (use_amp=1) needs a GPU, as the legacy AMP did: training in 32 on CPU")
+        return "32"
+    return precision
+
+
+def plan_run(config: JobConfig, resources: ResourceConfig, gpus: int | None = None) -> RunPlan:
+    """The one decision of how this job runs (`gpus`: the visible CUDA devices, detected when None)."""
+    world = world_layout(resources, config.runtime, visible_gpus() if gpus is None else gpus)
+    on_gpu = world.accelerator == "gpu"
+    fast = config.runtime.fast_mode
+    return RunPlan(world=world, precision=precision_for(config.runtime, on_gpu), fused_attention=fast,
+                   compile_model=fast and on_gpu, fast_matmul=fast)
+
+
+def configure_environment(layout: WorldLayout) -> None:
+    """Export the rendezvous variables for Lightning's launcher (values already set win)."""
+    if layout.world_size <= 1:
+        return
+    os.environ.setdefault("MASTER_ADDR", layout.master_addr if layout.num_nodes > 1 else "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(MASTER_PORT))
+    if layout.num_nodes > 1:
+        os.environ.setdefault("NODE_RANK", str(layout.node_rank))
+    if layout.network_interface:
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", layout.network_interface)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", layout.network_interface)
