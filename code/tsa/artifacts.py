@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import shutil
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,7 @@ from tsa.contract import JobPaths
 from tsa.legacy import legacy_state_dict
 from tsa.training.evaluation import ChannelScores, Predictions
 from tsa.training.metrics import MEASURES, get_performance, positive_probability
-from tsa.training.selection import EarlyStop
-from tsa.training.system import EpochResult
+from tsa.training.result import EpochResult, TrainingResult
 from tsa.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,9 @@ def write_serving(model: nn.Module, folder: Path) -> None:
     (folder / "code" / "inference.py").write_text(handler)
 
 
-def write_metrics(folder: Path, history: list[EpochResult], best_epoch: int | None, best_auc: float,
-                  early_stop: EarlyStop, final: dict[str, dict[str, float]]) -> None:
-    data = {"epochs": [vars(result) for result in history], "best_epoch": best_epoch,
-            "best_validation_auc": best_auc, "early_stop": early_stop.as_dict(), "final": final}
+def write_metrics(folder: Path, result: TrainingResult, final: dict[str, dict[str, float]]) -> None:
+    data = {"epochs": [asdict(epoch) for epoch in result.history], "best_epoch": result.best_epoch,
+            "best_validation_auc": result.best_auc, "early_stop": result.early_stop.as_dict(), "final": final}
     (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n")
 
 
@@ -159,27 +158,25 @@ def discard_partial(paths: JobPaths) -> None:
         shutil.rmtree(partial)
 
 
-def export_artifacts(paths: JobPaths, config: JobConfig, model: nn.Module, history: list[EpochResult],
-                     best_epoch: int | None, best_auc: float, early_stop: EarlyStop,
-                     scores: dict[str, ChannelScores], ids: dict[str, np.ndarray | None]) -> dict[str, Any]:
+def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> dict[str, Any]:
     """Write every artifact (rank 0 only); returns the final metrics per split."""
     partial = paths.model_dir / PARTIAL
     discard_partial(paths)
     partial.mkdir(parents=True)
     name = config.runtime.test_name
-    save_weights(model, config, partial)
-    torch.save(legacy_state_dict(model), partial / f"{name}.pt")
-    write_legacy_scores(partial, scores)
+    save_weights(result.model, config, partial)
+    torch.save(legacy_state_dict(result.model), partial / f"{name}.pt")
+    write_legacy_scores(partial, result.scores)
     final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),
-                     "loss_logged": s.logged_loss} for split, s in scores.items()}
-    write_metrics(partial, history, best_epoch, best_auc, early_stop, final)
-    plot_curves(partial / f"{name}.pt.png", history)
-    write_serving(model, partial)
+                     "loss_logged": s.logged_loss} for split, s in result.scores.items()}
+    write_metrics(partial, result, final)
+    plot_curves(partial / f"{name}.pt.png", result.history)
+    write_serving(result.model, partial)
     publish(partial, paths.model_dir)
 
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    for split, s in scores.items():
-        write_predictions(paths.output_data_dir / f"predictions_{split}.csv", s.by_row, ids.get(split))
+    for split, s in result.scores.items():
+        write_predictions(paths.output_data_dir / f"predictions_{split}.csv", s.by_row, result.ids.get(split))
         plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", s.by_row, split)
     shutil.copyfile(paths.model_dir / f"{name}.pt.png", paths.output_data_dir / "loss_curves.png")
     return final

@@ -31,9 +31,11 @@ from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels,
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
-from tsa.training.callbacks import LAST_CHECKPOINT, StopRequested
+from tsa.training.callbacks import LAST_CHECKPOINT
 from tsa.training.plan import configure_environment, is_launched_worker, plan_run
-from tsa.training.trainer import FitOutcome, fit
+from tsa.training.result import TrainingResult
+from tsa.training.stop import StopRequested
+from tsa.training.trainer import fit
 
 log = logging.getLogger("tsa")
 
@@ -143,12 +145,12 @@ def train_job(paths: JobPaths) -> None:
     trace_dir = paths.output_data_dir / "trace" if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    outcome = fit(config, channels, plan, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
-                  trace_dir=trace_dir)
+    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
+                 trace_dir=trace_dir)
     distributed = dist.is_available() and dist.is_initialized()
     try:
-        if outcome.trainer.is_global_zero:
-            export_job_artifacts(paths, config, outcome)
+        if result.is_global_zero:
+            export_job_artifacts(paths, config, result)
     finally:
         if distributed:
             # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
@@ -157,12 +159,9 @@ def train_job(paths: JobPaths) -> None:
             dist.destroy_process_group()
 
 
-def export_job_artifacts(paths: JobPaths, config: JobConfig, outcome: FitOutcome) -> None:
+def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> None:
     """Write the artifacts of the selected model and its scores."""
-    ids = {name: outcome.datamodule.sources[name].ids(scores.by_row.rows.numpy())
-           for name, scores in outcome.scores.items()}
-    final = export_artifacts(paths, config, outcome.system.model, outcome.history, outcome.best_epoch,
-                             outcome.best_auc, outcome.early_stop, outcome.scores, ids)
+    final = export_artifacts(paths, config, result)
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)

@@ -75,10 +75,13 @@ class BatchStream(IterableDataset):
         return split_batches(rows, self.batch_size)
 
     def __len__(self) -> int:
-        # Only the rank's row count matters, not the order: no permutation is drawn.
+        """Batches of a whole epoch, also while resuming one: the training loop counts the trained ones.
+
+        Only the rank's row count matters, not the order: no permutation is drawn.
+        """
         rows = len(rank_rows(np.arange(self.num_rows, dtype=np.int64), self.shard,
                              interleave=self.group_starts is None))
-        return max(-(-rows // self.batch_size) - self.start_batch, 0)
+        return -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()

@@ -1,4 +1,10 @@
-"""The Lightning DataModule: channels -> per-rank batch streams -> DataLoaders.
+"""The Lightning DataModule: channels -> per-rank batch streams -> DataLoaders, and the position.
+
+Position: the training epoch and how many of its batches are trained. The training system tells
+the module when an epoch starts, a batch is trained and an epoch is complete; the module sets its
+streams accordingly (sampler epoch, batches to skip) and keeps the position in checkpoints
+(`state_dict` / `load_state_dict`, called by Lightning), so a resumed run continues at the batch
+after the last one trained.
 
 Sharding: a channel SageMaker copies to every host (`FullyReplicated`) is split across all
 ranks of the job; a channel it already split per host (`ShardedByS3Key`) is split across the
@@ -8,9 +14,13 @@ job, so all ranks run the same number of steps.
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,7 +30,17 @@ from tsa.data.channels import ChannelSource, open_channel
 from tsa.data.loader import BatchStream, make_loader
 from tsa.data.sharding import ShardSpec
 
+log = logging.getLogger(__name__)
+
 SMALL_BATCH_ROWS = 40_000  # legacy use_small_batch: the first 40,000 rows of each split
+
+
+@dataclass
+class Position:
+    """The training epoch and the number of its batches already trained."""
+
+    epoch: int = 0
+    batches_done: int = 0
 
 
 class TsaDataModule(L.LightningDataModule):
@@ -33,6 +53,44 @@ class TsaDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.sources: dict[str, ChannelSource] = {}
         self.streams: dict[str, BatchStream] = {}
+        self.position = Position()
+        self._restored = False  # a checkpoint's position waits for its epoch to start
+
+    # -- position ----------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> bool:
+        """Training epoch `epoch` begins; False when it is a restored epoch's remainder."""
+        if self._restored and epoch == self.position.epoch:
+            self._restored = False
+            if self.position.batches_done:
+                log.info("resuming epoch %d after batch %d", epoch, self.position.batches_done)
+            fresh = self.position.batches_done == 0
+        else:
+            self._restored = False
+            self.position = Position(epoch, 0)
+            fresh = True
+        self._place_streams()
+        return fresh
+
+    def batch_trained(self) -> None:
+        self.position.batches_done += 1
+
+    def epoch_complete(self) -> None:
+        """The current epoch is trained and validated: a checkpoint now resumes at the next one."""
+        self.position = Position(self.position.epoch + 1, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self.position)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.position = Position(**state_dict)
+        self._restored = True
+        self._place_streams()
+
+    def _place_streams(self) -> None:
+        """Every stream reads the sampler order of the current epoch; training skips the trained batches."""
+        for name, stream in self.streams.items():
+            stream.set_epoch(self.position.epoch)
+            stream.start_batch = self.position.batches_done if name == "train" else 0
 
     @property
     def max_rows(self) -> int | None:
@@ -73,13 +131,11 @@ class TsaDataModule(L.LightningDataModule):
         sampled = training or not self.config.train.fix_evaluation_order
         shard = ShardSpec(rank=rank, world=world, shuffle=sampled, pad=sampled, rows_per_rank=rows_per_rank)
         stream = BatchStream(source, self.config.model.model_type, self.config.train.batch_size, shard, self.max_rows)
+        stream.set_epoch(self.position.epoch)
+        if training:
+            stream.start_batch = self.position.batches_done
         self.streams[name] = stream
         return stream
-
-    def set_epoch(self, epoch: int) -> None:
-        """The sampler epoch of every stream (validation after training epoch e reads order e)."""
-        for stream in self.streams.values():
-            stream.set_epoch(epoch)
 
     def loader(self, stream: BatchStream) -> DataLoader:
         return make_loader(stream, self.config.data.num_workers, pin_memory=self.pin_memory)
@@ -96,3 +152,7 @@ class TsaDataModule(L.LightningDataModule):
         stream = self.stream(name, training=False)
         stream.set_epoch(epoch)
         return self.loader(stream)
+
+    def ids(self, name: str, rows: np.ndarray) -> np.ndarray | None:
+        """The example ids of `rows` of channel `name` (None when the format has none)."""
+        return self.sources[name].ids(rows)

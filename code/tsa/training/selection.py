@@ -8,7 +8,8 @@ Lightning's own EarlyStopping treats ties as no improvement, so the rule is writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -68,3 +69,42 @@ class EarlyStop:
         return {"fired": self.fired, "decided_after_epoch": self.decided_after_epoch if self.fired else None,
                 "exit_at_epoch": self.decided_after_epoch + 1 if self.fired and self.decided_after_epoch is not None
                 else None}
+
+
+@dataclass
+class ModelSelection:
+    """The legacy selection of one run: best model, early stopping, and when the stop was decided."""
+
+    patience: int
+    max_epoch: int
+    tracker: BestModelTracker = field(default_factory=BestModelTracker)
+    stopper: LegacyEarlyStopping = field(init=False)
+    stop_decided_after: int | None = None
+
+    def __post_init__(self) -> None:
+        self.stopper = LegacyEarlyStopping(patience=self.patience)
+
+    def update(self, auc: float, epoch: int) -> bool:
+        """Record epoch `epoch`'s rounded validation AUC; True when it is the new best model."""
+        improved = self.tracker.update(auc, epoch)
+        self.stopper.update(auc)
+        if self.stopper.early_stop and self.stop_decided_after is None:
+            self.stop_decided_after = epoch
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stop_decided_after is not None
+
+    @property
+    def early_stop(self) -> EarlyStop:
+        return EarlyStop(self.stop_decided_after, self.max_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": asdict(self.tracker), "stopper": asdict(self.stopper),
+                "stop_decided_after": self.stop_decided_after}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker = BestModelTracker(**state["tracker"])
+        self.stopper = LegacyEarlyStopping(**state["stopper"])
+        self.stop_decided_after = state["stop_decided_after"]

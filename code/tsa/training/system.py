@@ -1,11 +1,14 @@
 """The Lightning system: one TSA model trained with the legacy recipe (spec §6).
 
-`TsaSystem(model, config)` takes a plain model (Lightning's model/system split). One step body
-(`_common_step`) serves training, validation and scoring: batch -> the legacy forward
-arguments -> `(scores, ensemble)` -> the selected legacy loss. Optimizer and schedule are the
-legacy Adam + OneCycleLR stepped once per epoch (Q19). Validation predictions of every rank are
-gathered as the legacy gathered them (`evaluation.py`); every rank computes the same metrics from
-them (no broadcast needed).
+`TsaSystem(model, config, plan, best_weights)` takes a plain model (Lightning's model/system
+split). One step body (`_common_step`) serves training, validation and scoring: batch -> the
+legacy forward arguments -> `(scores, ensemble)` -> the selected legacy loss. Optimizer and
+schedule are the legacy Adam + OneCycleLR stepped once per epoch (Q19). Validation predictions of
+every rank are gathered as the legacy gathered them (`evaluation.py`); every rank computes the same
+metrics from them (no broadcast needed). Model selection (`selection.py`) runs right after each
+validation: it writes the best weights (rank 0) and stops training on patience. The system drives
+the data module's position (epoch start, batches trained, epoch complete), which the data module
+keeps in checkpoints.
 
 Logged loss values follow the legacy: per batch `loss.item() / len(batch)` in float64, averaged over
 this rank's batches (rank 0's are the logged ones).
@@ -13,41 +16,44 @@ this rank's batches (rank 0's are the logged ones).
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from tsa.config import JobConfig
+from tsa.data import TsaDataModule
 from tsa.data.batches import Batch, model_inputs
 from tsa.models import select_loss
 from tsa.training.evaluation import ChannelScores, EvaluationPass
 from tsa.training.metrics import get_performance
 from tsa.training.optim import build_optimizer
 from tsa.training.plan import RunPlan
+from tsa.training.result import EpochResult
+from tsa.training.selection import ModelSelection
 from tsa.training.trace import RunTrace, weight_digests
+from tsa.weights import project_state_dict
 
-
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    validation_loss: float
-    validation_auc: float
-    learning_rate: float
-    extra: dict[str, float] = field(default_factory=dict)
+log = logging.getLogger("tsa.training")
 
 
 class TsaSystem(L.LightningModule):
-    """Training, validation and prediction of one TSA model."""
+    """Training, validation, model selection and scoring of one TSA model."""
 
-    def __init__(self, model: nn.Module, config: JobConfig, plan: RunPlan, trace: RunTrace | None = None) -> None:
+    def __init__(self, model: nn.Module, config: JobConfig, plan: RunPlan, best_weights: Path,
+                 trace: RunTrace | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = config
+        self.best_weights = best_weights  # the selected model's weights, written when the best model changes
+        self.selection = ModelSelection(patience=config.train.patience, max_epoch=config.train.max_epoch)
         self.trace = trace or RunTrace(None)
         self.legacy_evaluation = not config.train.fix_evaluation_order
         # A compiled forward of the same module (the plan decides: fast mode on GPU). A plain callable,
@@ -65,6 +71,12 @@ class TsaSystem(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.trace.bind(self.global_rank)
 
+    @property
+    def data(self) -> TsaDataModule:
+        datamodule = self.trainer.datamodule
+        assert isinstance(datamodule, TsaDataModule), "TsaSystem trains from a TsaDataModule"
+        return datamodule
+
     def _common_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, Tensor]:
         inputs, y = model_inputs(batch, self.config.model)
         self.trace.before_forward()
@@ -72,9 +84,14 @@ class TsaSystem(L.LightningModule):
         loss = self.loss_fn(scores, y, epoch=self.current_epoch, training=stage == "train")
         return scores, y, loss
 
+    def on_train_start(self) -> None:
+        if self.selection.should_stop:  # resumed after the stop decision (e.g. died while exporting)
+            self.trainer.should_stop = True
+
     def on_train_epoch_start(self) -> None:
-        self._train_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._train_batches = 0
+        if self.data.start_epoch(self.current_epoch):  # not the resumed middle of an epoch
+            self._train_loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            self._train_batches = 0
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -83,6 +100,8 @@ class TsaSystem(L.LightningModule):
         self._train_loss_sum += loss.detach().double() / len(y)
         self._train_batches += 1
         self.last_step_loss = loss.detach()
+        # Counted here, not in on_train_batch_end: callbacks (the checkpoint) run before the module's hook.
+        self.data.batch_trained()
         if self.trace.enabled:
             self.trace.extend("train_rows", batch["row"].tolist())
             self.trace.extend("train_step_losses", [loss.item() / len(y)])
@@ -109,6 +128,20 @@ class TsaSystem(L.LightningModule):
         self.trace.set(epoch=result.epoch, lr=result.learning_rate, validation_auc=auc,
                        validation_loss_logged=result.validation_loss)
         self.trace.write()
+        self._select(result)
+        self.data.epoch_complete()
+
+    def _select(self, result: EpochResult) -> None:
+        """The legacy rules: keep the weights of a strictly better rounded AUC; stop on patience."""
+        if self.selection.update(result.validation_auc, result.epoch) and self.trainer.is_global_zero:
+            self.best_weights.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.best_weights.with_suffix(".tmp")
+            save_file(project_state_dict(self.model), str(tmp))
+            os.replace(tmp, self.best_weights)
+        if self.selection.should_stop:
+            log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
+                     result.epoch, self.selection.patience)
+            self.trainer.should_stop = True
 
     def _mean_train_loss(self) -> float:
         """This rank's mean per-batch training loss (rank 0's is the logged one, as in legacy)."""
@@ -135,12 +168,15 @@ class TsaSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tsa_config"] = self.config.resolved()
-        checkpoint["tsa_history"] = [vars(result) for result in self.history]
+        checkpoint["tsa_history"] = [asdict(result) for result in self.history]
+        checkpoint["tsa_selection"] = self.selection.state_dict()
         checkpoint["tsa_epoch_progress"] = {"train_loss_sum": self._train_loss_sum.detach().cpu(),
                                             "train_batches": self._train_batches, "epoch_lr": self._epoch_lr}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = [EpochResult(**result) for result in checkpoint.get("tsa_history", [])]
+        if "tsa_selection" in checkpoint:
+            self.selection.load_state_dict(checkpoint["tsa_selection"])
         progress = checkpoint.get("tsa_epoch_progress")
         if progress is not None:
             self._train_loss_sum = progress["train_loss_sum"].to(self.device)

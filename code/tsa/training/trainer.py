@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,11 @@ from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import TsaDataModule
 from tsa.models import build_model
-from tsa.training.callbacks import (
-    BEST_WEIGHTS,
-    LAST_CHECKPOINT,
-    LegacySelection,
-    MetricLines,
-    SpotCheckpoint,
-)
-from tsa.training.evaluation import ChannelScores
+from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
 from tsa.training.plan import RunPlan
-from tsa.training.selection import EarlyStop
-from tsa.training.system import EpochResult, TsaSystem
+from tsa.training.result import TrainingResult
+from tsa.training.stop import StopSignal
+from tsa.training.system import TsaSystem
 from tsa.training.trace import RunTrace
 from tsa.weights import load_project_state_dict
 
@@ -44,16 +37,7 @@ log = logging.getLogger("tsa.training")
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
-@dataclass
-class FitOutcome:
-    system: TsaSystem
-    trainer: L.Trainer
-    datamodule: TsaDataModule
-    history: list[EpochResult]
-    best_epoch: int | None
-    best_auc: float
-    early_stop: EarlyStop
-    scores: dict[str, ChannelScores]  # the selected model on every evaluation channel
+BEST_WEIGHTS = "best-model.safetensors"
 
 
 def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path) -> L.Trainer:
@@ -101,7 +85,7 @@ EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
 def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
-        work_dir: Path, trace_dir: Path | None = None) -> FitOutcome:
+        work_dir: Path, trace_dir: Path | None = None) -> TrainingResult:
     """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
 
     The final scoring is the legacy post-training pass: every rank reloads the best weights and
@@ -114,23 +98,25 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     model = build_model(config.model, fused_attention=plan.fused_attention)
     trace = RunTrace(trace_dir)
     trace.record_init(model)
-    system = TsaSystem(model, config, plan, trace)
+    best = checkpoint_dir / BEST_WEIGHTS
+    system = TsaSystem(model, config, plan, best, trace)
     datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory)
-    selection = LegacySelection(config.train.patience, checkpoint_dir)
-    # Order matters: selection updates before the metric line and the checkpoint read it.
-    callbacks = [selection, MetricLines(config.runtime.log_every_n_steps, selection),
-                 SpotCheckpoint(checkpoint_dir, config.runtime.stop_check_every_n_steps)]
+    stop = StopSignal(config.runtime.stop_check_every_n_steps)
+    callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
     trainer = build_trainer(config, plan, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     if last.is_file():
         log.info("resuming from %s", last)
     trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
-    best = checkpoint_dir / BEST_WEIGHTS
+    selection = system.selection
     if selection.tracker.best_epoch is not None and best.is_file():
         load_project_state_dict(model, load_file(str(best), device=str(system.device)))
     epoch_index = len(system.history)
     scores = {name: system.score(datamodule.evaluation_loader(name, epoch_index), name, epoch_index)
               for name in EVALUATION_CHANNELS if name in channels}
-    return FitOutcome(system, trainer, datamodule, system.history, selection.tracker.best_epoch,
-                      selection.tracker.best_auc,
-                      EarlyStop(selection.stop_decided_after, config.train.max_epoch), scores)
+    return TrainingResult(
+        model=model, history=list(system.history), best_epoch=selection.tracker.best_epoch,
+        best_auc=selection.tracker.best_auc, early_stop=selection.early_stop, scores=scores,
+        ids={name: datamodule.ids(name, s.by_row.rows.numpy()) for name, s in scores.items()},
+        is_global_zero=trainer.is_global_zero,
+    )
