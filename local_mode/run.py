@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsa.config import typed_hyperparameters
-from tsa.contract import encode_hyperparameters
+from tsa.config import JobConfig, typed_hyperparameters
+from tsa.contract import JobPaths, encode_hyperparameters, load_hyperparameters, read_json_object
 
 ENGINES = ("process", "docker", "sagemaker")
 DEFAULT_ROWS = "train=4000,validation=1000,calibration=1000"
@@ -49,20 +49,22 @@ def link_or_copy(source: Path, target: Path) -> None:
                 shutil.copy2(item, target / item.name)
 
 
-def write_job_folder(root: Path, hyperparameters: dict[str, Any], channels: dict[str, Path], encoding: str,
-                     host: str, hosts: list[str]) -> None:
-    """One host's `/opt/ml` folder."""
-    config_dir = root / "input/config"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    wire = encode_hyperparameters(hyperparameters, encoding)  # type: ignore[arg-type]
-    (config_dir / "hyperparameters.json").write_text(json.dumps(wire, indent=2))
-    (config_dir / "inputdataconfig.json").write_text(
-        json.dumps({name: {"TrainingInputMode": "File"} for name in channels}, indent=2))
-    (config_dir / "resourceconfig.json").write_text(json.dumps({"current_host": host, "hosts": hosts}, indent=2))
+def write_job_folder(paths: JobPaths, raw_hyperparameters: dict[str, Any], channels: dict[str, Path],
+                     encoding: str, host: str, hosts: list[str]) -> JobConfig:
+    """One host's `/opt/ml` folder; returns its config, validated as the job will read it."""
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
     for name, folder in channels.items():
-        link_or_copy(folder, root / "input/data" / name)
-    for sub in ("model", "output", "checkpoints"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        link_or_copy(folder, paths.data_dir / name)
+    (paths.inputdataconfig_file).write_text(
+        json.dumps({name: {"TrainingInputMode": "File"} for name in channels}, indent=2))
+    paths.resourceconfig_file.write_text(json.dumps({"current_host": host, "hosts": hosts}, indent=2))
+    paths.hyperparameters_file.write_text(json.dumps(raw_hyperparameters))  # to validate it where the job reads it
+    config = JobConfig.from_hyperparameters(load_hyperparameters(paths))
+    wire = encode_hyperparameters(typed_hyperparameters(raw_hyperparameters, config), encoding)  # type: ignore[arg-type]
+    paths.hyperparameters_file.write_text(json.dumps(wire, indent=2))
+    for folder in (paths.model_dir, paths.output_dir, paths.checkpoint_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    return config
 
 
 def synthesize(hyperparameters_file: Path, target: Path, rows: str, fmt: str) -> dict[str, Path]:
@@ -126,14 +128,14 @@ def run_sagemaker(hyperparameters: dict[str, Any], channels: dict[str, Path], im
     return 0
 
 
-def report(root: Path) -> None:
-    metrics_file = root / "model/metrics.json"
+def report(paths: JobPaths) -> None:
+    metrics_file = paths.model_dir / "metrics.json"
     if metrics_file.is_file():
         final = json.loads(metrics_file.read_text())["final"]
         summary = ", ".join(f"{split} AUC {values['auc']}" for split, values in final.items())
-        print(f"\nartifacts: {root / 'model'}\npredictions and plots: {root / 'output/data'}\nfinal: {summary}")
-    elif (root / "output/failure").is_file():
-        print(f"\njob failed: {(root / 'output/failure').read_text().splitlines()[0]}")
+        print(f"\nartifacts: {paths.model_dir}\npredictions and plots: {paths.output_data_dir}\nfinal: {summary}")
+    elif paths.failure_file.is_file():
+        print(f"\njob failed: {paths.failure_file.read_text().splitlines()[0]}")
 
 
 def main() -> int:
@@ -156,14 +158,17 @@ def main() -> int:
     start = time.monotonic()
     if args.fresh and args.job_dir.exists():
         shutil.rmtree(args.job_dir)
-    hyperparameters = typed_hyperparameters(json.loads(args.hyperparameters.read_text()))
+    raw = read_json_object(args.hyperparameters, required=True) or {}
     channels = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.channel)}
     if args.synth:
         data = args.job_dir / "data"
         channels = synthesize(args.hyperparameters, data, args.rows, args.format) if not data.exists() else {
             p.name: p for p in sorted(data.iterdir()) if p.is_dir()}
     if args.engine == "sagemaker":
-        code = run_sagemaker(hyperparameters, channels, args.image, args.hosts, args.job_dir / "sagemaker")
+        check = JobPaths(args.job_dir / "validated")  # the SDK writes its own job folders: validate in one first
+        config = write_job_folder(check, raw, channels, args.encoding, "algo-1", ["algo-1"])
+        code = run_sagemaker(typed_hyperparameters(raw, config), channels, args.image, args.hosts,
+                             args.job_dir / "sagemaker")
         print(f"done in {time.monotonic() - start:.0f} s")
         return code
     if args.hosts > 1:
@@ -173,9 +178,9 @@ def main() -> int:
         hosts = ["localhost" if args.engine == "process" else "algo-1"]
         roots = [args.job_dir / "opt_ml"]
     for root, host in zip(roots, hosts, strict=True):
-        write_job_folder(root, hyperparameters, channels, args.encoding, host, hosts)
+        write_job_folder(JobPaths(root), raw, channels, args.encoding, host, hosts)
     code = run_processes(roots) if args.engine == "process" else run_containers(roots, args.image)
-    report(roots[0])
+    report(JobPaths(roots[0]))
     print(f"done in {time.monotonic() - start:.0f} s (exit code {code})")
     return code
 

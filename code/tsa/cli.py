@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tsa import config as config_module
-from tsa.contract import JobPaths, check_wire_limits, read_channels, read_json_file
+from tsa.contract import JobPaths, load_hyperparameter_file, read_channels, read_json_object
 from tsa.entrypoint import load_job_config, main_train, validate_job_data
 from tsa.errors import JobError
 
@@ -120,11 +120,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _read_config_file(path: Path) -> config_module.JobConfig:
-    raw = read_json_file(path, required=True)
-    if not isinstance(raw, dict):
-        raise JobError(f"file '{path}' holds a {type(raw).__name__}: expected a JSON object")
-    check_wire_limits(raw)
-    return config_module.JobConfig.from_hyperparameters(raw)
+    """The validated config of a hyperparameters file, read as the job reads its own."""
+    return config_module.JobConfig.from_hyperparameters(load_hyperparameter_file(path))
 
 
 def _cmd_legacy_import(args: argparse.Namespace) -> int:
@@ -178,14 +175,14 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 def _cmd_launch(args: argparse.Namespace) -> int:
     from tsa.launch import LaunchSpec, launch
 
-    _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
-    raw = read_json_file(args.hyperparameters, required=True)
+    config = _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
+    raw = read_json_object(args.hyperparameters, required=True) or {}  # sent as written: the job resolves config_file
     if args.spot and not args.checkpoint_s3_uri:
         raise JobError("--spot needs --checkpoint-s3-uri: a spot job resumes from its checkpoints")
     if args.max_wait is not None and args.max_wait < args.max_run:
         raise JobError(f"--max-wait {args.max_wait} is below --max-run {args.max_run}: SageMaker requires >=")
     spec = LaunchSpec(
-        image_uri=args.image_uri, role=args.role, hyperparameters=config_module.typed_hyperparameters(raw),
+        image_uri=args.image_uri, role=args.role, hyperparameters=config_module.typed_hyperparameters(raw, config),
         channels=dict(item.split("=", 1) for item in args.channel), instance_type=args.instance_type,
         instance_count=args.instance_count, output_path=args.output_path, spot=args.spot, max_run=args.max_run,
         max_wait=args.max_wait, checkpoint_s3_uri=args.checkpoint_s3_uri, input_mode=args.input_mode,

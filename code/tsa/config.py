@@ -219,12 +219,14 @@ class JobConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-def typed_hyperparameters(raw: Mapping[str, Any]) -> dict[str, Any]:
+def typed_hyperparameters(raw: Mapping[str, Any], config: JobConfig | None = None) -> dict[str, Any]:
     """The typed values behind a hyperparameter map (any encoding), for the keys it sets.
 
     What a user would hand a launcher: `{"use_amp": True, "lr": 5e-05, "modelname": "OrderFeature"}`.
+    `config` is the map's validated config (needed when the map names a `config_file`); other keys
+    (`config_file`, the legacy selectors) keep their text.
     """
-    flat = JobConfig.from_hyperparameters(raw).to_hyperparameters()
+    flat = (config or JobConfig.from_hyperparameters(raw)).to_hyperparameters()
     return {key: flat.get(key, _strip_json_quotes(value) if isinstance(value, str) else value)
             for key, value in raw.items()}
 
@@ -341,7 +343,8 @@ def _build_job_config(raw: Mapping[str, Any]) -> JobConfig:
             problems.append(f"hyperparameter '{key}' = {value!r} is not supported: {UNSUPPORTED_LEGACY_KEYS[key]}")
         elif key == "config_file":
             problems.append(
-                "hyperparameter 'config_file' must be resolved by the job reader before validation (internal)"
+                f"hyperparameter 'config_file' = {value!r} is a file to read, not a value: read the map with "
+                "tsa.contract.load_hyperparameter_file, which merges that file in"
             )
         elif key in ("modelname", "num_seq"):
             selectors[key] = _strip_json_quotes(str(value))

@@ -34,7 +34,11 @@ CHANNEL_ALIASES: dict[str, tuple[str, ...]] = {
     "calibration": ("calibration", "cali"),
     "test": ("test",),
 }
-REQUIRED_CHANNELS = ("train",)
+# Channels a training job cannot do without, and why (`tsa train` and `tsa validate JOB_DIR` alike).
+REQUIRED_CHANNELS = {
+    "train": "a training job needs the training data",
+    "validation": "training selects the best model by validation AUC, as the legacy job did",
+}
 
 # SageMaker API limits on CreateTrainingJob.HyperParameters (botocore service model).
 MAX_HYPERPARAMETERS = 100
@@ -45,7 +49,7 @@ HyperparameterEncoding = Literal["str", "json", "v3"]
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Every path of the `/opt/ml` layout, derived from one root."""
+    """Every path of the `/opt/ml` layout, derived from one root (the one home of the layout)."""
 
     root: Path
 
@@ -58,47 +62,72 @@ class JobPaths:
 
     @property
     def config_dir(self) -> Path:
+        """`input/config`: SageMaker writes the job's three JSON files here before the container starts."""
         return self.root / "input" / "config"
 
     @property
     def hyperparameters_file(self) -> Path:
+        """The estimator's hyperparameters, every value a string."""
         return self.config_dir / "hyperparameters.json"
 
     @property
     def inputdataconfig_file(self) -> Path:
+        """Per channel: input mode (File, FastFile, Pipe), S3 distribution, content type."""
         return self.config_dir / "inputdataconfig.json"
 
     @property
     def resourceconfig_file(self) -> Path:
+        """This host's name, every host of the job, the network interface."""
         return self.config_dir / "resourceconfig.json"
 
     @property
     def data_dir(self) -> Path:
+        """`input/data`: one folder per channel, downloaded (File) or mounted (FastFile) by SageMaker."""
         return self.root / "input" / "data"
 
     @property
     def model_dir(self) -> Path:
+        """`model`: SageMaker tars it into model.tar.gz when the job ends (successfully)."""
         return self.root / "model"
 
     @property
     def output_dir(self) -> Path:
+        """`output`: SageMaker reads `failure` from here and uploads the rest as output.tar.gz."""
         return self.root / "output"
 
     @property
     def output_data_dir(self) -> Path:
+        """`output/data`: predictions, plots and traces (in output.tar.gz)."""
         return self.output_dir / "data"
 
     @property
     def failure_file(self) -> Path:
+        """The failure reason SageMaker shows (first 1024 characters)."""
         return self.output_dir / "failure"
 
     @property
     def success_file(self) -> Path:
+        """Written when the job succeeded."""
         return self.output_dir / "success"
 
     @property
     def checkpoint_dir(self) -> Path:
+        """`checkpoints`: SageMaker syncs it with `checkpoint_s3_uri` (down at start, up while running)."""
         return self.root / "checkpoints"
+
+    def checkpoints(self, configured: str | None) -> Path:
+        """The checkpoint folder this job uses: the `checkpoint_dir` hyperparameter, else `checkpoints`."""
+        return Path(configured) if configured else self.checkpoint_dir
+
+    @property
+    def trace_dir(self) -> Path:
+        """`output/data/trace`: the run trace (`trace=true`), one JSON-lines file per rank."""
+        return self.output_data_dir / "trace"
+
+    @property
+    def lightning_dir(self) -> Path:
+        """Lightning's working folder (`default_root_dir`; the job turns its loggers and checkpoints off)."""
+        return self.output_dir / ".lightning"
 
 
 @dataclass(frozen=True)
@@ -152,38 +181,27 @@ def _host_sort_key(host: str) -> tuple[str, int, str]:
     return (match.group(1), int(match.group(2)), match.group(3))
 
 
-def read_json_file(path: Path, *, required: bool) -> Any:
-    """Parse a JSON config file; a missing optional file gives None."""
+def read_json_object(path: Path, *, required: bool) -> dict[str, Any] | None:
+    """A JSON file holding an object (None when it is absent and optional); else a `ConfigError`."""
     if not path.exists():
         if required:
             raise ConfigError([f"file '{path}' is missing: the job needs it (SageMaker writes it)"])
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"file '{path}' is not valid JSON ({exc}): write a JSON object"]) from exc
-
-
-def read_hyperparameters(paths: JobPaths) -> dict[str, Any]:
-    """The raw hyperparameter map of `hyperparameters.json` (values usually strings)."""
-    data = read_json_file(paths.hyperparameters_file, required=False)
-    if data is None:
-        return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            [f"file '{paths.hyperparameters_file}' holds a {type(data).__name__}: expected a JSON object"]
-        )
+        raise ConfigError([f"file '{path}' holds a {type(data).__name__}: expected a JSON object"])
     return data
 
 
 def read_resource_config(paths: JobPaths) -> ResourceConfig:
     """`resourceconfig.json`, or one host named `localhost` when it is absent."""
-    data = read_json_file(paths.resourceconfig_file, required=False)
+    data = read_json_object(paths.resourceconfig_file, required=False)
     if data is None:
         return ResourceConfig()
     file = paths.resourceconfig_file
-    if not isinstance(data, dict):
-        raise ConfigError([f"file '{file}' holds a {type(data).__name__}: expected a JSON object"])
     hosts = data.get("hosts")
     current = data.get("current_host")
     if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
@@ -210,14 +228,10 @@ def canonical_channel_name(folder: str) -> str | None:
 def read_channels(paths: JobPaths) -> dict[str, Channel]:
     """Channels present under `input/data`, keyed by canonical name.
 
-    Raises `ChannelError` when `train` is missing, two folders alias the same channel, or a
-    channel uses Pipe mode.
+    Raises `ChannelError` when a required channel is missing, two folders alias the same channel,
+    or a channel uses Pipe mode.
     """
-    config = read_json_file(paths.inputdataconfig_file, required=False) or {}
-    if not isinstance(config, dict):
-        raise ConfigError(
-            [f"file '{paths.inputdataconfig_file}' holds a {type(config).__name__}: expected a JSON object"]
-        )
+    config = read_json_object(paths.inputdataconfig_file, required=False) or {}
     for folder, settings in config.items():
         mode = settings.get("TrainingInputMode", "File") if isinstance(settings, dict) else "File"
         if mode == "Pipe":
@@ -244,12 +258,10 @@ def read_channels(paths: JobPaths) -> dict[str, Channel]:
                 distribution=settings.get("S3DistributionType", "FullyReplicated"),
                 content_type=settings.get("ContentType"),
             )
-    for name in REQUIRED_CHANNELS:
+    for name, why in REQUIRED_CHANNELS.items():
         if name not in found:
-            raise ChannelError(
-                f"channel '{name}' is missing: no folder '{paths.data_dir / name}'; "
-                f"a training job needs a '{name}' channel with the training data"
-            )
+            folders = " or ".join(f"'{paths.data_dir / alias}'" for alias in CHANNEL_ALIASES[name])
+            raise ChannelError(f"channel '{name}' is missing: no folder {folders}; {why}")
     return found
 
 
@@ -289,10 +301,10 @@ def check_wire_limits(raw: Mapping[str, Any]) -> None:
         raise ConfigError(problems)
 
 
-def resolve_config_file(raw: Mapping[str, Any], paths: JobPaths) -> dict[str, Any]:
-    """Merge the JSON file named by `config_file` (`<channel>/<path>` under input/data).
+def resolve_config_file(raw: Mapping[str, Any], data_dir: Path) -> dict[str, Any]:
+    """Merge the JSON file named by `config_file` (`<channel>/<path>` under `data_dir`).
 
-    Keys given directly in `hyperparameters.json` win over the file's.
+    Keys given directly in the hyperparameters win over the file's.
     """
     merged = dict(raw)
     name = merged.pop("config_file", None)
@@ -301,26 +313,36 @@ def resolve_config_file(raw: Mapping[str, Any], paths: JobPaths) -> dict[str, An
     name = name.strip('"') if isinstance(name, str) else name
     if not isinstance(name, str) or not name:
         raise ConfigError([f"hyperparameter 'config_file' = {name!r}: expected a path '<channel>/<file>.json'"])
-    data_dir = paths.data_dir.resolve()
-    path = (paths.data_dir / name).resolve()
-    if data_dir not in path.parents:
-        raise ConfigError(
-            [f"hyperparameter 'config_file' = {name!r}: must name a file inside {paths.data_dir} (a channel)"]
-        )
+    root = data_dir.resolve()
+    path = (data_dir / name).resolve()
+    if root not in path.parents:
+        raise ConfigError([f"hyperparameter 'config_file' = {name!r}: must name a file inside {data_dir} (a channel)"])
     if not path.is_file():
         raise ConfigError(
             [f"hyperparameter 'config_file' = {name!r}: no such file {path}; give '<channel>/<file>.json'"]
         )
-    content = read_json_file(path, required=True)
-    if not isinstance(content, dict):
-        raise ConfigError([f"config_file '{path}' holds a {type(content).__name__}: expected a JSON object"])
+    content = read_json_object(path, required=True)
+    assert content is not None
     if "config_file" in content:
         raise ConfigError([f"config_file '{path}' names another config_file: nesting is not supported"])
     return {**content, **merged}
 
 
-def load_hyperparameters(paths: JobPaths) -> dict[str, Any]:
-    """`hyperparameters.json` checked against SageMaker's limits, with `config_file` merged in."""
-    raw = read_hyperparameters(paths)
+def load_hyperparameter_file(path: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """A hyperparameters file as every tsa command reads it (the job, validate, launch, local mode).
+
+    A JSON object within SageMaker's limits, with the file named by `config_file` merged in,
+    resolved under `data_dir` (the job's `input/data`; default: the file's own folder, so a
+    hyperparameters file next to a `train/` folder validates before it is uploaded).
+    """
+    raw = read_json_object(path, required=True)
+    assert raw is not None
     check_wire_limits(raw)
-    return resolve_config_file(raw, paths)
+    return resolve_config_file(raw, path.parent if data_dir is None else data_dir)
+
+
+def load_hyperparameters(paths: JobPaths) -> dict[str, Any]:
+    """The job's `hyperparameters.json` (an empty map when SageMaker wrote none)."""
+    if not paths.hyperparameters_file.exists():
+        return {}
+    return load_hyperparameter_file(paths.hyperparameters_file, paths.data_dir)

@@ -30,7 +30,7 @@ from tsa.config import JobConfig
 from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels, read_resource_config
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
-from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, ChannelError, JobError
+from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 from tsa.training.callbacks import LAST_CHECKPOINT
 from tsa.training.plan import configure_environment, is_launched_worker, plan_run
 from tsa.training.result import TrainingResult
@@ -127,13 +127,8 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
 def train_job(paths: JobPaths) -> None:
     """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts."""
     config = load_job_config(paths)
-    channels = read_channels(paths)
     resources = read_resource_config(paths)
-    if "validation" not in channels:
-        raise ChannelError(
-            f"channel 'validation' is missing: no folder {paths.data_dir / 'validation'} (or 'vali', 'val'); "
-            "training selects the best model by validation AUC, as the legacy job did"
-        )
+    channels = read_channels(paths)
     plan = plan_run(config, resources)
     if not is_launched_worker():
         validate_job_data(config, channels)
@@ -141,12 +136,11 @@ def train_job(paths: JobPaths) -> None:
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
     configure_environment(plan.world)
-    checkpoint_dir = Path(config.runtime.checkpoint_dir) if config.runtime.checkpoint_dir else paths.checkpoint_dir
-    trace_dir = paths.output_data_dir / "trace" if config.runtime.trace else None
+    checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
+    trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.root / "output" / ".lightning",
-                 trace_dir=trace_dir)
+    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir)
     distributed = dist.is_available() and dist.is_initialized()
     try:
         if result.is_global_zero:

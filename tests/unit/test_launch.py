@@ -8,6 +8,7 @@ The request is recorded from a real `sagemaker` v2 Estimator and botocore client
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_metric_regexes_match_real_job_log_lines(aws_env: None, tmp_path: Path) 
     for definition in sent:
         values = re.findall(definition["Regex"], proc.stdout)
         assert values, definition
-        assert all(float(v) == float(v) or v == "nan" for v in values)
+        assert all(math.isfinite(float(v)) for v in values), (definition, values)
 
 
 def test_cli_dry_run_prints_the_request(tmp_path: Path) -> None:
@@ -91,3 +92,21 @@ def test_spot_without_checkpoint_uri_is_refused() -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 2 and "--checkpoint-s3-uri" in proc.stderr
+
+
+def test_cli_dry_run_validates_a_config_file_and_sends_it_as_written(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/more.json").write_text(json.dumps({"weight_decay": "0.01"}))
+    hp = {**load_example("smoke"), "config_file": "train/more.json"}
+    (tmp_path / "hp.json").write_text(json.dumps(hp))
+    command = [sys.executable, "-m", "tsa", "launch", "--image-uri", "img:1", "--role", "arn:aws:iam::1:role/r",
+               "--hyperparameters", str(tmp_path / "hp.json"), "--channel", "train=s3://b/t/", "--output-path",
+               "s3://b/o/", "--dry-run"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**ENV, "PATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sent = json.loads(proc.stdout[proc.stdout.index("{"):])["HyperParameters"]
+    assert sent["config_file"] == "train/more.json" and "weight_decay" not in sent  # the job merges it
+
+    (tmp_path / "train/more.json").write_text(json.dumps({"weight_decay": "lots"}))
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**ENV, "PATH": ""})
+    assert proc.returncode == 2 and "'weight_decay' = 'lots'" in proc.stderr
