@@ -11,13 +11,13 @@ from importlib import resources
 import pytest
 
 from tests.conftest import HYPERPARAMETERS_DIR, load_example
+from tests.inputs import REQUIRED_HP
 from tsa.cli import main as cli_main
 from tsa.config import JobConfig, json_schema, typed_hyperparameters
 from tsa.contract import encode_hyperparameters
 from tsa.errors import ConfigError
 
 EXAMPLES = sorted(p.stem for p in HYPERPARAMETERS_DIR.glob("*.json") if p.stem not in ("schema", "metric_definitions"))
-MINIMAL = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120"}
 
 
 @pytest.mark.parametrize("encoding", ["str", "json", "v3"])
@@ -66,62 +66,63 @@ def test_shipped_metric_definitions_are_the_packaged_ones() -> None:
 
 
 def test_string_field_keeps_numeric_text() -> None:
-    cfg = JobConfig.from_hyperparameters({**MINIMAL, "test_name": "123", "data_version": "007"})
+    cfg = JobConfig.from_hyperparameters({**REQUIRED_HP, "test_name": "123", "data_version": "007"})
     assert cfg.runtime.test_name == "123"
     assert cfg.data.data_version == "007"
 
 
 def test_string_field_drops_one_layer_of_json_quotes() -> None:
-    cfg = JobConfig.from_hyperparameters({**MINIMAL, "test_name": '"my-run"'})
+    cfg = JobConfig.from_hyperparameters({**REQUIRED_HP, "test_name": '"my-run"'})
     assert cfg.runtime.test_name == "my-run"
 
 
 @pytest.mark.parametrize(("text", "expected"), [("true", True), ("True", True), ("1", True), (1, True),
                                                 ("false", False), ("False", False), ("0", False), ('"true"', True)])
 def test_bool_field_accepts_every_launcher_spelling(text: object, expected: bool) -> None:
-    assert JobConfig.from_hyperparameters({**MINIMAL, "use_time_seq": text}).model.use_time_seq is expected
+    assert JobConfig.from_hyperparameters({**REQUIRED_HP, "use_time_seq": text}).model.use_time_seq is expected
 
 
 def test_bool_field_rejects_prose() -> None:
     with pytest.raises(ConfigError, match="'use_time_seq' = 'yes please'"):
-        JobConfig.from_hyperparameters({**MINIMAL, "use_time_seq": "yes please"})
+        JobConfig.from_hyperparameters({**REQUIRED_HP, "use_time_seq": "yes please"})
 
 
 def test_numbers_accept_json_and_str_forms() -> None:
-    cfg = JobConfig.from_hyperparameters({**MINIMAL, "lr": "5e-05", "batch_size": '"800"', "dropout": 0.2})
+    cfg = JobConfig.from_hyperparameters({**REQUIRED_HP, "lr": "5e-05", "batch_size": '"800"', "dropout": 0.2})
     assert (cfg.train.lr, cfg.train.batch_size, cfg.model.dropout) == (5e-5, 800, 0.2)
 
 
 def test_legacy_modelname_maps_to_model_type() -> None:
-    assert JobConfig.from_hyperparameters({**MINIMAL, "modelname": "TwoSeqMoEOrderFeature"}).model.model_type == "dual"
-    assert JobConfig.from_hyperparameters({**MINIMAL, "num_seq": "2"}).model.model_type == "dual"
+    dual = JobConfig.from_hyperparameters({**REQUIRED_HP, "modelname": "TwoSeqMoEOrderFeature"})
+    assert dual.model.model_type == "dual"
+    assert JobConfig.from_hyperparameters({**REQUIRED_HP, "num_seq": "2"}).model.model_type == "dual"
 
 
 def test_selectors_that_disagree_are_rejected() -> None:
     with pytest.raises(ConfigError, match="disagree"):
-        JobConfig.from_hyperparameters({**MINIMAL, "modelname": "OrderFeature", "model_type": "dual"})
+        JobConfig.from_hyperparameters({**REQUIRED_HP, "modelname": "OrderFeature", "model_type": "dual"})
 
 
 def test_unknown_key_suggests_closest() -> None:
     with pytest.raises(ConfigError, match="did you mean 'n_layers_order'"):
-        JobConfig.from_hyperparameters({**MINIMAL, "n_layer_order": "6"})
+        JobConfig.from_hyperparameters({**REQUIRED_HP, "n_layer_order": "6"})
 
 
 def test_reserved_sagemaker_keys_are_ignored() -> None:
-    raw = {**MINIMAL, "sagemaker_program": '"x.py"', "sagemaker_region": '"eu-west-1"',
+    raw = {**REQUIRED_HP, "sagemaker_program": '"x.py"', "sagemaker_region": '"eu-west-1"',
            "_tuning_objective_metric": "auc"}
-    assert JobConfig.from_hyperparameters(raw) == JobConfig.from_hyperparameters(MINIMAL)
+    assert JobConfig.from_hyperparameters(raw) == JobConfig.from_hyperparameters(REQUIRED_HP)
 
 
 def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        JobConfig.from_hyperparameters({**MINIMAL, "dropout": "2", "batch_size": "x", "bogus": "1"})
+        JobConfig.from_hyperparameters({**REQUIRED_HP, "dropout": "2", "batch_size": "x", "bogus": "1"})
     assert len(info.value.problems) == 3
     assert "2 more problem(s)" in str(info.value).splitlines()[0]
 
 
 def test_legacy_defaults_are_the_train_py_defaults() -> None:
-    cfg = JobConfig.from_hyperparameters(MINIMAL)
+    cfg = JobConfig.from_hyperparameters(REQUIRED_HP)
     assert (cfg.model.dim_embedding_table, cfg.model.dim_attn_feedforward, cfg.model.num_heads) == (128, 64, 1)
     assert (cfg.model.use_moe, cfg.model.num_experts, cfg.model.n_layers_feature) == (True, 1, 6)
     assert (cfg.train.batch_size, cfg.train.max_epoch) == (1024, 70)
@@ -130,10 +131,10 @@ def test_legacy_defaults_are_the_train_py_defaults() -> None:
 
 
 def test_no_caps_on_production_scale() -> None:
-    cfg = JobConfig.from_hyperparameters({**MINIMAL, "batch_size": "800", "max_epoch": "100"})
+    cfg = JobConfig.from_hyperparameters({**REQUIRED_HP, "batch_size": "800", "max_epoch": "100"})
     assert (cfg.train.batch_size, cfg.train.max_epoch) == (800, 100)
 
 
 def test_repaired_losses_need_their_flag() -> None:
-    cfg = JobConfig.from_hyperparameters({**MINIMAL, "loss": "Cyclical_FocalLoss", "fix_loss_selection": "true"})
+    cfg = JobConfig.from_hyperparameters({**REQUIRED_HP, "loss": "Cyclical_FocalLoss", "fix_loss_selection": "true"})
     assert cfg.train.loss == "Cyclical_FocalLoss"

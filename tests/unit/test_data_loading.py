@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DistributedSampler
 
+from tests.inputs import DATA_HP
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import open_channel, validate_channel
@@ -20,9 +21,7 @@ from tsa.data.loader import BatchStream, make_loader
 from tsa.data.sharding import ShardSpec, epoch_order, rank_rows
 from tsa.data.synth import generate
 
-HP = {"n_cat_features": "4", "n_num_features": "3", "n_embedding": "43", "n_engineered_num_features": "2",
-      "seq_len": "5", "dim_embedding_table": "4", "batch_size": "8"}
-CONFIG = JobConfig.from_hyperparameters(HP)
+CONFIG = JobConfig.from_hyperparameters(DATA_HP)
 
 
 def channel(tmp_path: Path, rows: int, fmt: str, name: str = "train") -> object:
@@ -122,7 +121,7 @@ def test_npy_parquet_npy_round_trip_is_lossless(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model_type", ["single", "dual"])
 def test_synthetic_data_is_valid_and_plants_a_temporal_signal(tmp_path: Path, model_type: str) -> None:
-    config = JobConfig.from_hyperparameters({**HP, "model_type": model_type, "seq_len": "12"})
+    config = JobConfig.from_hyperparameters({**DATA_HP, "model_type": model_type, "seq_len": "12"})
     arrays = generate(config.model, 4000, seed=0)
     write_npy_channel(tmp_path / "train", "train", "v0", arrays)
     assert validate_channel(open_channel(Channel("train", tmp_path / "train"), config), config.model) == 4000

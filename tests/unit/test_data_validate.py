@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_job
+from tests.inputs import DATA_HP as HP
 from tsa.cli import main as cli_main
 from tsa.config import JobConfig
 from tsa.data.convert import write_npy_channel, write_parquet_channel
 from tsa.data.synth import generate
 from tsa.entrypoint import main_train
 
-HP = {"n_cat_features": "4", "n_num_features": "3", "n_embedding": "43", "n_engineered_num_features": "2",
-      "seq_len": "5", "dim_embedding_table": "4", "batch_size": "8"}
 DUAL_HP = {**HP, "model_type": "dual"}
 ROWS = 12
 Arrays = dict[str, np.ndarray]

@@ -14,42 +14,41 @@ from typing import Any
 import pytest
 
 from tests.conftest import write_job
+from tests.inputs import GOOD_HP
 from tsa.contract import JobPaths
 from tsa.entrypoint import main_train, run_guarded
 
-GOOD = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120", "dim_embedding_table": "8"}
-
 
 def _case(hp: Any = None, **kwargs: Any) -> dict[str, Any]:
-    return {"hyperparameters": GOOD if hp is None else hp, **kwargs}
+    return {"hyperparameters": GOOD_HP if hp is None else hp, **kwargs}
 
 
 # (case id, job description, text the failure file's first line must contain)
 BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("malformed_json", _case('{"n_cat_features": "40",'), "hyperparameters.json' is not valid JSON"),
     ("not_an_object", _case('["n_cat_features"]'), "expected a JSON object"),
-    ("unknown_key", _case({**GOOD, "foo_bar": "1"}), "'foo_bar' is not known"),
-    ("typo_suggests", _case({**GOOD, "n_layer_order": "6"}), "did you mean 'n_layers_order'"),
-    ("wrong_type", _case({**GOOD, "n_layers_order": "six"}), "'n_layers_order' = 'six': expected an integer >= 1"),
-    ("out_of_range", _case({**GOOD, "dropout": "1.5"}), "'dropout' = '1.5'"),
-    ("zero_batch", _case({**GOOD, "batch_size": "0"}), "'batch_size' = '0'"),
-    ("bool_prose", _case({**GOOD, "use_time_seq": "yes please"}), "'use_time_seq' = 'yes please'"),
+    ("unknown_key", _case({**GOOD_HP, "foo_bar": "1"}), "'foo_bar' is not known"),
+    ("typo_suggests", _case({**GOOD_HP, "n_layer_order": "6"}), "did you mean 'n_layers_order'"),
+    ("wrong_type", _case({**GOOD_HP, "n_layers_order": "six"}), "'n_layers_order' = 'six': expected an integer >= 1"),
+    ("out_of_range", _case({**GOOD_HP, "dropout": "1.5"}), "'dropout' = '1.5'"),
+    ("zero_batch", _case({**GOOD_HP, "batch_size": "0"}), "'batch_size' = '0'"),
+    ("bool_prose", _case({**GOOD_HP, "use_time_seq": "yes please"}), "'use_time_seq' = 'yes please'"),
     ("missing_required", _case({"n_num_features": "33", "n_embedding": "120"}), "'n_cat_features' is required"),
-    ("inconsistent_heads", _case({**GOOD, "num_heads": "3"}), "'num_heads' = 3: must divide dim_embedding_table"),
-    ("use_mlp", _case({**GOOD, "use_mlp": "1"}), "'use_mlp' = true is not supported"),
-    ("bad_loss_name", _case({**GOOD, "loss": "MSELoss"}), "'loss' = 'MSELoss'"),
-    ("crashing_loss_without_fix", _case({**GOOD, "loss": "BCEWithLogitsLoss"}), "'loss' = 'BCEWithLogitsLoss'"),
-    ("small_vocabulary", _case({**GOOD, "n_embedding": "20"}), "'n_embedding' = 20: must exceed n_num_features"),
-    ("multiclass", _case({**GOOD, "n_classes": "3"}), "'n_classes' = 3"),
-    ("bad_modelname", _case({**GOOD, "modelname": "Transformer"}), "'modelname' = 'Transformer'"),
-    ("selectors_disagree", _case({**GOOD, "modelname": "OrderFeature", "num_seq": "2"}), "disagree on the model"),
-    ("bad_precision", _case({**GOOD, "precision": "fp8"}), "'precision' = 'fp8'"),
-    ("amp_vs_precision", _case({**GOOD, "use_amp": "1", "precision": "32"}), "use_amp=1"),
-    ("legacy_load_model", _case({**GOOD, "load_model": "1"}), "'load_model' = '1' is not supported"),
-    ("oversized_value", _case({**GOOD, "test_name": "x" * 2600}), "'test_name'"),
-    ("too_many_keys", _case({**GOOD, **{f"k{i}": "1" for i in range(100)}}), "104 keys"),
-    ("config_file_missing", _case({**GOOD, "config_file": "train/nope.json"}), "'config_file' = 'train/nope.json'"),
-    ("config_file_escapes", _case({**GOOD, "config_file": "../../config/x.json"}), "must name a file inside"),
+    ("inconsistent_heads", _case({**GOOD_HP, "num_heads": "3"}), "'num_heads' = 3: must divide dim_embedding_table"),
+    ("use_mlp", _case({**GOOD_HP, "use_mlp": "1"}), "'use_mlp' = true is not supported"),
+    ("bad_loss_name", _case({**GOOD_HP, "loss": "MSELoss"}), "'loss' = 'MSELoss'"),
+    ("crashing_loss_without_fix", _case({**GOOD_HP, "loss": "BCEWithLogitsLoss"}), "'loss' = 'BCEWithLogitsLoss'"),
+    ("small_vocabulary", _case({**GOOD_HP, "n_embedding": "20"}), "'n_embedding' = 20: must exceed n_num_features"),
+    ("multiclass", _case({**GOOD_HP, "n_classes": "3"}), "'n_classes' = 3"),
+    ("bad_modelname", _case({**GOOD_HP, "modelname": "Transformer"}), "'modelname' = 'Transformer'"),
+    ("selectors_disagree", _case({**GOOD_HP, "modelname": "OrderFeature", "num_seq": "2"}), "disagree on the model"),
+    ("bad_precision", _case({**GOOD_HP, "precision": "fp8"}), "'precision' = 'fp8'"),
+    ("amp_vs_precision", _case({**GOOD_HP, "use_amp": "1", "precision": "32"}), "use_amp=1"),
+    ("legacy_load_model", _case({**GOOD_HP, "load_model": "1"}), "'load_model' = '1' is not supported"),
+    ("oversized_value", _case({**GOOD_HP, "test_name": "x" * 2600}), "'test_name'"),
+    ("too_many_keys", _case({**GOOD_HP, **{f"k{i}": "1" for i in range(100)}}), "104 keys"),
+    ("config_file_missing", _case({**GOOD_HP, "config_file": "train/nope.json"}), "'config_file' = 'train/nope.json'"),
+    ("config_file_escapes", _case({**GOOD_HP, "config_file": "../../config/x.json"}), "must name a file inside"),
     ("pipe_mode", _case(inputdataconfig={"train": {"TrainingInputMode": "Pipe"}}), "'Pipe' is not supported"),
     ("missing_train_channel", _case(channels=("validation",)), "channel 'train' is missing"),
     ("missing_validation_channel", _case(channels=("train",)), "channel 'validation' is missing"),
@@ -106,7 +105,7 @@ def test_existing_failure_file_is_not_overwritten(tmp_path: Path) -> None:
 
 
 def test_cli_process_exit_code_and_stderr_traceback(tmp_path: Path) -> None:
-    root = write_job(tmp_path / "opt_ml", {**GOOD, "dropout": "2"})
+    root = write_job(tmp_path / "opt_ml", {**GOOD_HP, "dropout": "2"})
     proc = subprocess.run([sys.executable, "-m", "tsa", "train"], env={"SAGEMAKER_BASE_DIR": str(root), "PATH": ""},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -116,7 +115,7 @@ def test_cli_process_exit_code_and_stderr_traceback(tmp_path: Path) -> None:
 
 def test_validate_prints_resolved_config_for_a_file(tmp_path: Path) -> None:
     file = tmp_path / "hp.json"
-    file.write_text(json.dumps(GOOD))
+    file.write_text(json.dumps(GOOD_HP))
     proc = subprocess.run([sys.executable, "-m", "tsa", "validate", str(file)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -125,7 +124,7 @@ def test_validate_prints_resolved_config_for_a_file(tmp_path: Path) -> None:
 
 def test_validate_rejects_a_bad_file_with_exit_2(tmp_path: Path) -> None:
     file = tmp_path / "hp.json"
-    file.write_text(json.dumps({**GOOD, "num_heads": "3"}))
+    file.write_text(json.dumps({**GOOD_HP, "num_heads": "3"}))
     proc = subprocess.run([sys.executable, "-m", "tsa", "validate", str(file)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
@@ -137,7 +136,7 @@ def test_validate_reads_a_file_that_names_a_config_file_as_the_job_does(tmp_path
     (tmp_path / "train").mkdir()
     (tmp_path / "train/more.json").write_text(json.dumps({"n_layers_order": "2", "dropout": "0.2"}))
     file = tmp_path / "hp.json"
-    file.write_text(json.dumps({**GOOD, "dropout": "0.3", "config_file": "train/more.json"}))
+    file.write_text(json.dumps({**GOOD_HP, "dropout": "0.3", "config_file": "train/more.json"}))
     proc = subprocess.run([sys.executable, "-m", "tsa", "validate", str(file)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -17,6 +17,7 @@ import torch
 
 from tests.conftest import load_example
 from tests.equivalence.fixtures import cases, load
+from tests.inputs import MODEL_TYPES
 from tests.jobs import make_job, metrics, run_job
 from tsa.config import JobConfig
 from tsa.contract import ResourceConfig
@@ -25,8 +26,6 @@ from tsa.models import build_model
 from tsa.training.plan import RunPlan, plan_run
 
 FAST_TOL = {"rtol": 1e-5, "atol": 1e-5}
-MODEL_TYPES = {"models.OrderFeatureAttentionClassifier": "single",
-               "models.TwoSeqMoEOrderFeatureAttentionClassifier": "dual"}
 # Eval-mode cases only: in train mode the fused kernel draws its dropout masks differently.
 EVAL_MODEL_CASES = [p for p in cases("model") if load(p.values[0])["mode"] == "eval"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.inputs import SMALL_MODEL, dual_inputs, single_inputs
 from tests.jobs import TINY, make_job, metrics, run_job
-from tests.unit.test_models import SMALL, batch, dual_batch
 from tsa.config import ModelConfig
 from tsa.models import build_model
 
@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.gpu,
 
 
 def inputs_for(cfg: ModelConfig) -> dict:
-    return batch(cfg) if cfg.model_type == "single" else dual_batch(cfg, [0, 1, 5, 2])
+    return single_inputs(cfg) if cfg.model_type == "single" else dual_inputs(cfg, [0, 1, 5, 2])
 
 
 @pytest.mark.parametrize("model_type", ["single", "dual"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_cuda_forward_backward_matches_cpu(model_type: str, fused: bool) -> None:
-    cfg = ModelConfig(model_type=model_type, use_moe=False, **SMALL)
+    cfg = ModelConfig(model_type=model_type, use_moe=False, **SMALL_MODEL)
     torch.manual_seed(0)
     cpu_model = build_model(cfg, fused_attention=fused).eval()
     gpu_model = build_model(cfg, fused_attention=fused).eval()
@@ -47,11 +47,11 @@ def test_cuda_forward_backward_matches_cpu(model_type: str, fused: bool) -> None
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_autocast_training_step_is_finite(dtype: torch.dtype) -> None:
-    cfg = ModelConfig(use_moe=False, **SMALL)
+    cfg = ModelConfig(use_moe=False, **SMALL_MODEL)
     model = build_model(cfg, fused_attention=dtype == torch.bfloat16).cuda().train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch(cfg).items()}
+    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in single_inputs(cfg).items()}
     y = torch.tensor([0, 1, 0, 1], device="cuda")
     for _ in range(3):
         optimizer.zero_grad()

@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from tests.equivalence.fixtures import cases, load
+from tests.inputs import MODEL_TYPES
 from tsa.errors import CheckpointError
 from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs, unwrap_legacy_checkpoint
 from tsa.models import build_model
 from tsa.weights import alias_groups
-
-MODEL_TYPES = {"models.OrderFeatureAttentionClassifier": "single",
-               "models.TwoSeqMoEOrderFeatureAttentionClassifier": "dual"}
 
 
 def _hyperparameters(fx: dict[str, Any]) -> dict[str, Any]:

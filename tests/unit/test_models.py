@@ -7,39 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.inputs import SMALL_MODEL, dual_inputs, single_inputs
 from tsa.config import ModelConfig, TrainConfig
 from tsa.models import build_model, select_loss
 from tsa.models.blocks import FeatureAggregation, aggregation_widths
-
-SMALL = dict(n_cat_features=33, n_num_features=32, n_embedding=100, n_engineered_num_features=2, seq_len=6,
-             dim_embedding_table=4, dim_attn_feedforward=8, num_heads=2, n_layers_order=1, n_layers_feature=1)
-
-
-def batch(cfg: ModelConfig, b: int = 4, padded: list[int] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Single-sequence model inputs with left padding (`padded[i]` padded rows in sample i)."""
-    g = torch.Generator().manual_seed(seed)
-    length = cfg.seq_len
-    padded = padded or [0] * b
-    not_padded = torch.tensor([[0.0] * p + [1.0] * (length - p) for p in padded])
-    x_cat = torch.randint(1, cfg.n_embedding - cfg.n_num_features, (b, length, cfg.n_cat_features), generator=g)
-    x_num = torch.rand(b, length, cfg.n_num_features, generator=g)
-    time = torch.rand(b, length, 1, generator=g) * 1e6 * not_padded.unsqueeze(-1)
-    time[:, -1] = 0
-    kpm = torch.logical_not(F.pad(not_padded, (0, 1), value=1.0).bool())
-    return {"x_cat": (x_cat * not_padded.unsqueeze(-1)).float(), "x_num": x_num * not_padded.unsqueeze(-1),
-            "x_engineered": torch.rand(b, cfg.n_engineered_num_features, generator=g, dtype=torch.float64),
-            "time_seq": time, "attn_mask": None, "key_padding_mask": kpm}
-
-
-def dual_batch(cfg: ModelConfig, ccid_padded: list[int]) -> dict[str, torch.Tensor]:
-    cid = batch(cfg, b=len(ccid_padded), seed=1)
-    ccid = batch(cfg, b=len(ccid_padded), padded=ccid_padded, seed=2)
-    return {"x_seq_cat_cid": cid["x_cat"], "x_seq_num_cid": cid["x_num"], "time_seq_cid": cid["time_seq"],
-            "x_seq_cat_ccid": ccid["x_cat"], "x_seq_num_ccid": ccid["x_num"], "time_seq_ccid": ccid["time_seq"],
-            "x_engineered": cid["x_engineered"], "attn_mask": None, "key_padding_mask_cid": cid["key_padding_mask"],
-            "key_padding_mask_ccid": ccid["key_padding_mask"]}
 
 
 def test_fixes_are_off_by_default() -> None:
@@ -51,42 +23,42 @@ def test_fixes_are_off_by_default() -> None:
 
 @pytest.mark.parametrize(("fix", "forced"), [(False, False), (True, True)])
 def test_q1_gate_history_rule(fix: bool, forced: bool) -> None:
-    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL)
+    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL_MODEL)
     model = build_model(cfg).eval()
     history_rows = cfg.seq_len - 1
     # row 0: ccid holds only the current order (every history row padded); row 1: full ccid history
-    kpm = dual_batch(cfg, [history_rows, 0])["key_padding_mask_ccid"]
+    kpm = dual_inputs(cfg, [history_rows, 0])["key_padding_mask_ccid"]
     assert model.no_ccid_history(kpm).tolist() == [forced, False]
 
 
 def test_q1_legacy_literal_fires_only_on_51_row_data() -> None:
-    cfg = ModelConfig(model_type="dual", use_moe=False, **{**SMALL, "seq_len": 51})
+    cfg = ModelConfig(model_type="dual", use_moe=False, **{**SMALL_MODEL, "seq_len": 51})
     model = build_model(cfg)
-    kpm = dual_batch(cfg, [50, 51, 0])["key_padding_mask_ccid"]
+    kpm = dual_inputs(cfg, [50, 51, 0])["key_padding_mask_ccid"]
     assert model.no_ccid_history(kpm).tolist() == [True, False, False]  # fully padded (51) is not forced
 
 
 @pytest.mark.parametrize(("fix", "ccid_rows_encoded"), [(False, 2), (True, 0)])
 def test_q1_fix_skips_the_ccid_encoder_for_rows_without_history(fix: bool, ccid_rows_encoded: int) -> None:
-    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL)
+    cfg = ModelConfig(model_type="dual", use_moe=False, fix_gate_history_rule=fix, **SMALL_MODEL)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     seen: list[int] = []
     model.order_attention_ccid.register_forward_hook(lambda m, args, out: seen.append(out.shape[0]))
     with torch.no_grad():
-        model(**dual_batch(cfg, [cfg.seq_len - 1, cfg.seq_len - 1]))
+        model(**dual_inputs(cfg, [cfg.seq_len - 1, cfg.seq_len - 1]))
     assert sum(seen) == ccid_rows_encoded
 
 
 def _moe_model(fix: bool) -> torch.nn.Module:
-    cfg = ModelConfig(use_moe=True, num_experts=3, fix_moe_eval_deterministic=fix, **SMALL)
+    cfg = ModelConfig(use_moe=True, num_experts=3, fix_moe_eval_deterministic=fix, **SMALL_MODEL)
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
 
 def test_q4_legacy_eval_consumes_randomness() -> None:
     model = _moe_model(fix=False)
-    inputs = batch(model.config)
+    inputs = single_inputs(model.config)
     state = torch.get_rng_state()
     with torch.no_grad():
         model(**inputs)
@@ -95,7 +67,7 @@ def test_q4_legacy_eval_consumes_randomness() -> None:
 
 def test_q4_fix_makes_eval_deterministic_and_rng_free() -> None:
     model = _moe_model(fix=True)
-    inputs = batch(model.config)
+    inputs = single_inputs(model.config)
     state = torch.get_rng_state()
     with torch.no_grad():
         first = model(**inputs)[0]
@@ -160,9 +132,9 @@ def test_q18_mean_reduction_is_opt_in() -> None:
 
 @pytest.mark.parametrize("model_type", ["single", "dual"])
 def test_models_build_from_config_and_return_scores_and_ensemble(model_type: str) -> None:
-    cfg = ModelConfig(model_type=model_type, **SMALL)
+    cfg = ModelConfig(model_type=model_type, **SMALL_MODEL)
     model = build_model(cfg).eval()
-    inputs = batch(cfg) if model_type == "single" else dual_batch(cfg, [0, 1, 5, 2])
+    inputs = single_inputs(cfg) if model_type == "single" else dual_inputs(cfg, [0, 1, 5, 2])
     with torch.no_grad():
         scores, ensemble = model(**inputs)
     assert scores.shape == (4, 2) and ensemble.shape == (4, 3 * cfg.dim_embedding_table)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.inputs import sequence
 from tsa.config import ModelConfig
 from tsa.models import build_model
 
@@ -45,32 +45,20 @@ CONFIGS = {
 }
 
 
-def sequence(cfg: ModelConfig, b: int, padded: list[int], g: torch.Generator) -> dict[str, torch.Tensor | None]:
-    """One left-padded order sequence: float ids, values, time in seconds (None without use_time_seq, as the
-    serving handler sends it) and the (B, L+1) padding mask."""
-    length = cfg.seq_len
-    not_padded = torch.tensor([[0.0] * p + [1.0] * (length - p) for p in padded])
-    x_cat = torch.randint(1, cfg.n_embedding - cfg.n_num_features, (b, length, cfg.n_cat_features), generator=g)
-    x_num = torch.rand(b, length, cfg.n_num_features, generator=g) * not_padded.unsqueeze(-1)
-    time = torch.rand(b, length, 1, generator=g) * 1e6 * not_padded.unsqueeze(-1)
-    time[:, -1] = 0
-    kpm = torch.logical_not(F.pad(not_padded, (0, 1), value=1.0).bool())  # last column (dummy) is False
-    return {"x_cat": (x_cat * not_padded.unsqueeze(-1)).float(), "x_num": x_num,
-            "time": time if cfg.use_time_seq else None, "kpm": kpm}
-
-
 def model_inputs(cfg: ModelConfig, b: int) -> tuple[torch.Tensor | None, ...]:
     """Positional forward arguments as the serving handler builds them (engineered None when there are none);
     dual: ccid rows alternate only-the-current-order and full history."""
     g = torch.Generator().manual_seed(b)
     history = cfg.seq_len - 1
     cid = sequence(cfg, b, [i % cfg.seq_len for i in range(b)], g)
+    time_cid = cid["time"] if cfg.use_time_seq else None  # the serving handler sends no time then
     engineered = torch.rand(b, cfg.n_engineered_num_features, generator=g, dtype=torch.float64)
     engineered = engineered if cfg.n_engineered_num_features > 0 else None
     if cfg.model_type == "single":
-        return cid["x_cat"], cid["x_num"], engineered, cid["time"], None, cid["kpm"]
+        return cid["x_cat"], cid["x_num"], engineered, time_cid, None, cid["kpm"]
     ccid = sequence(cfg, b, [history if i % 2 == 0 else 0 for i in range(b)], g)
-    return (cid["x_cat"], cid["x_num"], cid["time"], ccid["x_cat"], ccid["x_num"], ccid["time"], engineered, None,
+    time_ccid = ccid["time"] if cfg.use_time_seq else None
+    return (cid["x_cat"], cid["x_num"], time_cid, ccid["x_cat"], ccid["x_num"], time_ccid, engineered, None,
             cid["kpm"], ccid["kpm"])
 
 

@@ -72,37 +72,61 @@ def predicted_scores(root: Path, split: str) -> dict[str, float]:
     return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
 
 
-@pytest.mark.parametrize(("model_type", "fmt"), [("single", "npy"), ("single", "parquet"), ("dual", "npy"),
-                                                 ("dual", "parquet")])
-def test_job_writes_the_complete_artifact_set_and_serves(tmp_path: Path, model_type: str, fmt: str) -> None:
-    root = make_job(tmp_path / "job", {**TINY, "model_type": model_type}, fmt=fmt)
+JOB_KINDS = [pytest.param((model_type, fmt), id=f"{model_type}-{fmt}",
+                          marks=pytest.mark.xdist_group(f"e2e-{model_type}-{fmt}"))
+             for model_type, fmt in (("single", "npy"), ("single", "parquet"), ("dual", "npy"), ("dual", "parquet"))]
+
+
+@pytest.fixture(scope="module", params=JOB_KINDS)
+def finished_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `tsa train` job per model kind and data format, shared by the tests below."""
+    model_type, fmt = request.param
+    root = make_job(tmp_path_factory.mktemp(f"{model_type}-{fmt}") / "job", {**TINY, "model_type": model_type},
+                    fmt=fmt)
     proc = run_job(root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    model_dir = root / "model"
-    assert files_under(model_dir) == MODEL_FILES
-    assert OUTPUT_FILES <= files_under(root / "output/data")
-    assert not (root / "output/failure").exists()
+    return root
 
-    result = metrics(root)
+
+def test_model_folder_holds_exactly_the_artifact_set(finished_job: Path) -> None:
+    assert files_under(finished_job / "model") == MODEL_FILES
+    assert not (finished_job / "output/failure").exists()
+
+
+def test_output_folder_holds_predictions_and_plots(finished_job: Path) -> None:
+    assert OUTPUT_FILES <= files_under(finished_job / "output/data")
+    assert len(predicted_scores(finished_job, "validation")) == 160
+
+
+def test_metrics_record_every_epoch_and_the_final_scores(finished_job: Path) -> None:
+    result = metrics(finished_job)
     assert len(result["epochs"]) == 2 and result["best_epoch"] in (0, 1)
     assert set(result["final"]) == {"validation", "calibration"}
+
+
+def test_score_files_and_percentile_map_are_the_legacy_tables(finished_job: Path) -> None:
+    model_dir = finished_job / "model"
     table = pickle.loads((model_dir / "percentile_score.pkl").read_bytes())
     assert len(table) == 1000 and [k for _, k in table] == [k / 1000 for k in range(1000)]
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(table))
     assert len((model_dir / "score_file.csv").read_text().split()) == 160
 
-    # The serving code scores a batch from the artifacts alone, as the training job scored it.
+
+def test_serving_code_scores_from_the_artifacts_alone_as_the_job_did(finished_job: Path) -> None:
+    model_dir = finished_job / "model"
     handler = load_handler(model_dir)
     served = handler.model_fn(str(model_dir))
     rows = [0, 3, 7]
-    body = handler.output_fn(handler.predict_fn(handler.input_fn(instances(root, rows), "application/json"),
+    body = handler.output_fn(handler.predict_fn(handler.input_fn(instances(finished_job, rows), "application/json"),
                                                 served), "application/json")
     scores = [p["score"] for p in json.loads(body)["predictions"]]
-    expected = predicted_scores(root, "validation")
+    expected = predicted_scores(finished_job, "validation")
     keys = [str(r) for r in rows]  # npy: ids are row numbers; synth Parquet writes ids "0".."N-1"
     np.testing.assert_allclose(scores, [expected[k] for k in keys], rtol=1e-5, atol=1e-6)
 
-    # The legacy-keyed file holds the same weights as model.safetensors.
+
+def test_legacy_keyed_file_holds_the_same_weights_as_safetensors(finished_job: Path) -> None:
+    model_dir = finished_job / "model"
     model, _ = load_weights(model_dir)
     legacy_copy, _ = load_weights(model_dir)
     load_legacy_state_dict(legacy_copy, torch.load(model_dir / "tiny.pt", weights_only=True))
