@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,8 +153,6 @@ class ResourceConfig:
     current_host: str = "localhost"
     hosts: tuple[str, ...] = ("localhost",)
     network_interface_name: str | None = None
-    current_instance_type: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ordered_hosts(self) -> list[str]:
@@ -212,8 +210,6 @@ def read_resource_config(paths: JobPaths) -> ResourceConfig:
         current_host=current,
         hosts=tuple(hosts),
         network_interface_name=data.get("network_interface_name"),
-        current_instance_type=data.get("current_instance_type"),
-        raw=data,
     )
 
 

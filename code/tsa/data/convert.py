@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from numpy.lib.format import open_memmap
 
-from tsa.data.npy import FILE_PATTERN
+from tsa.data.npy import FILE_PATTERN, legacy_file_name
 from tsa.data.parquet import column_to_numpy, write_parquet
 from tsa.data.schema import ID_COLUMN
 from tsa.errors import DataError
@@ -33,7 +33,7 @@ def write_npy_channel(folder: Path, split: str, version: str, arrays: Mapping[st
     """`<folder>/<split>_<NAME>_<version>.npy` for every array."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        np.save(folder / f"{split}_{name}_{version}.npy", np.asarray(array))
+        np.save(folder / legacy_file_name(split, name, version), np.asarray(array))
 
 
 def write_parquet_channel(
@@ -96,7 +96,7 @@ def parquet_to_npy(source: Path, target: Path, split: str, version: str) -> None
                     continue
                 values = column_to_numpy(table.column(name))
                 if name not in outputs:
-                    outputs[name] = open_memmap(target / f"{split}_{name}_{version}.npy", mode="w+",
+                    outputs[name] = open_memmap(target / legacy_file_name(split, name, version), mode="w+",
                                                 dtype=values.dtype, shape=(total, *values.shape[1:]))
                 outputs[name][start:start + len(values)] = values
             start += table.num_rows

@@ -24,6 +24,11 @@ FILE_PATTERN = re.compile(
 )
 
 
+def legacy_file_name(split: str, name: str, version: str) -> str:
+    """The legacy file name of array `name`: `<split>_<NAME>_<data_version>.npy`."""
+    return f"{split}_{name}_{version}.npy"
+
+
 def split_prefixes(channel: str, folder: Path) -> list[str]:
     """Accepted `<split>` prefixes in a channel folder, most specific first."""
     return list(dict.fromkeys([folder.name, LEGACY_SPLIT.get(channel, channel), channel]))
@@ -31,7 +36,7 @@ def split_prefixes(channel: str, folder: Path) -> list[str]:
 
 def find_array_file(folder: Path, channel: str, name: str, version: str) -> Path | None:
     for prefix in split_prefixes(channel, folder):
-        candidate = folder / f"{prefix}_{name}_{version}.npy"
+        candidate = folder / legacy_file_name(prefix, name, version)
         if candidate.is_file():
             return candidate
     return None
@@ -65,7 +70,7 @@ class NpyChannel:
             path = find_array_file(folder, channel, spec.name, version)
             if path is None:
                 if spec.required:
-                    tried = [f"{p}_{spec.name}_{version}.npy" for p in split_prefixes(channel, folder)]
+                    tried = [legacy_file_name(p, spec.name, version) for p in split_prefixes(channel, folder)]
                     raise DataError(
                         f"channel '{channel}': file '{tried[0]}' (array '{spec.name}', expected "
                         f"{spec.describe_shape()}) is missing in {folder}; accepted names: {tried}"

@@ -89,6 +89,3 @@ def worker_batch_ids(num_batches: int, worker: int, num_workers: int, contiguous
     bounds = [(num_batches * w) // num_workers for w in range(num_workers + 1)]
     return range(bounds[worker], bounds[worker + 1])
 
-
-def rows_per_rank_for_training(num_rows: int, world: int) -> int:
-    return math.ceil(num_rows / world)

@@ -35,7 +35,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 
 
 def focal_loss(input: Tensor, target: Tensor, alpha: float, gamma: float = 2.0, reduction: str = "none") -> Tensor:
-    """Multi-class focal loss on logits `(N, C, ...)` and int64 class targets `(N, ...)`.
+    """Multi-class focal loss on logits `(B, C, ...)` and int64 class targets `(B, ...)`.
 
     Quirk Q31: `alpha` is a plain multiplier and every one-hot entry gets +1e-6, so non-target
     classes leak a tiny weight.

@@ -1,9 +1,10 @@
 """Capacity-based top-2 mixture of experts, as the legacy `mixture_of_experts.py` computes it.
 
-Input `(b, n, dim)` where `n` is the routing *group* axis. The TSA layers hand it a
-sequence-first tensor, so the group is the mini-batch at one position (quirk Q3): capacity and
-the cumulative slot positions depend on the other samples and their order. This is reproduced
-on purpose; see spec §3.5.
+Shape letters as in the models: input `(S, B, E)`, sequence-first as the attention layers hand
+it; K experts, C slots per expert. The B examples of the mini-batch at one position share the
+experts' capacity (the legacy's routing group, quirk Q3): capacity and the cumulative slot
+positions depend on the other samples and their order. This is reproduced on purpose; see spec
+§3.5 (which writes the input as `(b, n, dim)` with b = S, n = B).
 
 Differences from legacy (all default off, legacy-exact by default):
 - Q4: the "random" second-expert policy draws uniforms in eval too, consuming the global RNG.
@@ -44,7 +45,7 @@ def _top1(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def expert_capacity(group_size: int, num_experts: int, capacity_factor: float) -> int:
-    """Slots per expert: max(min(n, int(n*cf/K)), 4), in Python float arithmetic as legacy."""
+    """Slots per expert: max(min(B, int(B*cf/K)), 4), in Python float arithmetic as legacy."""
     return max(min(group_size, int((group_size * capacity_factor) / num_experts)), 4)
 
 
@@ -60,7 +61,7 @@ class Experts(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
         self.act = activation()
 
-    def forward(self, x: Tensor) -> Tensor:  # (K, N, dim) -> (K, N, dim)
+    def forward(self, x: Tensor) -> Tensor:  # (K, S·C, E) -> (K, S·C, E)
         hidden = self.act(torch.einsum("...nd,...dh->...nh", x, self.w1))
         return torch.einsum("...nh,...hd->...nd", hidden, self.w2)
 
@@ -86,10 +87,10 @@ class Top2Gating(nn.Module):
         self.second_threshold = {"train": second_threshold_train, "eval": second_threshold_eval}
         self.capacity_factor = {"train": capacity_factor_train, "eval": capacity_factor_eval}
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x (b, n, dim)
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # x (S, B, E)
         stage = "train" if self.training else "eval"
         group_size, k = x.shape[-2], self.num_gates
-        raw_gates = torch.einsum("...bnd,...de->...bne", x, self.w_gating).softmax(dim=-1)  # (b, n, K)
+        raw_gates = torch.einsum("...bnd,...de->...bne", x, self.w_gating).softmax(dim=-1)  # (S, B, K)
 
         gate_1, index_1 = _top1(raw_gates)
         mask_1 = F.one_hot(index_1, k).float()
@@ -123,7 +124,7 @@ class Top2Gating(nn.Module):
             * _safe_one_hot(slot_1.long(), capacity)[..., None, :]
             + gate_2[..., None, None] * keep_2[..., None, None] * F.one_hot(index_2, k)[..., None]
             * _safe_one_hot(slot_2.long(), capacity)[..., None, :]
-        )  # (b, n, K, C)
+        )  # (S, B, K, C)
         dispatch = combine.to(torch.bool).to(combine)  # not `.bool()`: TorchScript lacks it
         return dispatch, combine, loss
 
@@ -136,7 +137,7 @@ class Top2Gating(nn.Module):
             return torch.zeros_like(gate_2)
         if policy == "threshold":
             return (gate_2 > threshold).float()
-        # "random": u < g2 / threshold; the draw (same stream as torch.rand(b, n)) also happens in eval (Q4).
+        # "random": u < g2 / threshold; the draw (same stream as torch.rand(S, B)) also happens in eval (Q4).
         probs = torch.zeros_like(gate_2).uniform_(0.0, 1.0)
         return (probs < (gate_2 / max(threshold, 1e-9))).float()
 
@@ -158,10 +159,10 @@ class MoE(nn.Module):
         self.gate = Top2Gating(dim, num_experts, second_policy_train, second_policy_eval)
         self.experts = Experts(dim, num_experts, hidden_dim, activation)
 
-    def forward(self, inputs: Tensor) -> Tensor:  # (b, n, dim)
+    def forward(self, inputs: Tensor) -> Tensor:  # (S, B, E)
         dim = inputs.shape[-1]
         dispatch, combine, _ = self.gate(inputs)  # balance loss discarded as in legacy (Q6)
-        expert_inputs = torch.einsum("bnd,bnec->ebcd", inputs, dispatch)  # (K, b, C, dim)
+        expert_inputs = torch.einsum("bnd,bnec->ebcd", inputs, dispatch)  # (K, S, C, E)
         shape = expert_inputs.shape
         expert_outputs = self.experts(expert_inputs.reshape(self.num_experts, -1, dim)).reshape(shape)
         # With K = 1 this einsum returns a non-contiguous tensor; the dropout after it depends on
