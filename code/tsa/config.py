@@ -51,8 +51,14 @@ UNSUPPORTED_LEGACY_KEYS = {
 RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 
 
+# A value that becomes (part of) a file name: no path separators, no leading dot, a safe character set.
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+FILE_NAME_WORDS = "a file name: letters, digits, '.', '_', '-', starting with a letter or digit, at most 128"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: inf and nan parse as floats but train a NaN model.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -100,7 +106,7 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where and how the channel data is read (legacy layout: contracts §3)."""
 
-    data_version: str = Field("v0", description="Suffix of the legacy .npy file names.")
+    data_version: str = Field("v0", description="Suffix of the legacy .npy file names.", pattern=FILE_NAME_PATTERN)
     data_format: Literal["auto", "npy", "parquet"] = Field(
         "auto", description="Channel file format; auto picks by the files present."
     )
@@ -114,21 +120,22 @@ class TrainConfig(_Section):
     batch_size: int = Field(1024, description="Per-process batch size.", ge=1)
     max_epoch: int = Field(70, description="Epochs; also OneCycleLR total_steps.", ge=1)
     optim: Literal["adam"] = Field("adam", description="Optimizer; only adam ever worked in the legacy code.")
-    lr: float = Field(1e-5, description="Adam lr (overridden by OneCycleLR to scheduler_maxlr/25, quirk Q19).", gt=0)
-    scheduler_maxlr: float = Field(1e-3, description="OneCycleLR max_lr.", gt=0)
+    lr: float = Field(1e-5, description="Adam lr (overridden by OneCycleLR to scheduler_maxlr/25, quirk Q19).", gt=0,
+                      le=1)
+    scheduler_maxlr: float = Field(1e-3, description="OneCycleLR max_lr.", gt=0, le=1)
     beta1: float = Field(0.9, description="Adam beta1 (overridden by OneCycleLR momentum cycling).", ge=0, lt=1)
     beta2: float = Field(0.999, description="Adam beta2.", ge=0, lt=1)
-    weight_decay: float = Field(0.0, description="Adam (coupled L2) weight decay.", ge=0)
+    weight_decay: float = Field(0.0, description="Adam (coupled L2) weight decay.", ge=0, le=1)
     loss: LegacyLoss = Field("CrossEntropyLoss", description="Training criterion (legacy set_loss names).")
-    loss_gamma: float = Field(2.0, description="FocalLoss gamma.", ge=0)
-    loss_alpha: float = Field(0.25, description="FocalLoss alpha (a plain multiplier).", ge=0)
+    loss_gamma: float = Field(2.0, description="FocalLoss gamma.", ge=0, le=100)
+    loss_alpha: float = Field(0.25, description="FocalLoss alpha (a plain multiplier).", ge=0, le=100)
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean", description="FocalLoss reduction (and, with fix_loss_reduction, every loss's reduction)."
     )
-    cyclical_factor: float = Field(2.0, description="Cyclical_FocalLoss factor.", gt=0)
-    gamma_hc: float = Field(0.0, description="Cyclical_FocalLoss gamma_hc.", ge=0)
-    gamma_pos: float = Field(0.0, description="Cyclical_FocalLoss gamma_pos.", ge=0)
-    gamma_neg: float = Field(4.0, description="Cyclical_FocalLoss gamma_neg.", ge=0)
+    cyclical_factor: float = Field(2.0, description="Cyclical_FocalLoss factor.", gt=0, le=100)
+    gamma_hc: float = Field(0.0, description="Cyclical_FocalLoss gamma_hc.", ge=0, le=100)
+    gamma_pos: float = Field(0.0, description="Cyclical_FocalLoss gamma_pos.", ge=0, le=100)
+    gamma_neg: float = Field(4.0, description="Cyclical_FocalLoss gamma_neg.", ge=0, le=100)
     fix_loss_selection: bool = Field(
         False,
         description="Fix Q18: make BCEWithLogitsLoss (one-hot targets) and Cyclical_FocalLoss (epoch passed "
@@ -174,7 +181,8 @@ class RuntimeConfig(_Section):
         description="Write a per-rank run trace to output/data/trace/ (training rows, per-batch losses, RNG "
         "digests before every forward, weight digests per epoch) to compare a run with a legacy run.",
     )
-    test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.", min_length=1)
+    test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.",
+                           pattern=FILE_NAME_PATTERN)
     fast_mode: bool = Field(
         False,
         description="Opt-in speed: fused attention and broadcast table lookups, float32 matmul precision "
@@ -313,15 +321,18 @@ def _describe(section: type[_Section], name: str) -> str:
         return f"one of {list(typing.get_args(annotation))}"
     if annotation is bool:
         return "true or false (also True/False/1/0)"
-    words = {int: "an integer", float: "a number", str: "a string"}.get(annotation, str(annotation))
+    words = {int: "an integer", float: "a finite number", str: "a string"}.get(annotation, str(annotation))
+    bounds = []
     for meta in info.metadata:
         for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
             bound = getattr(meta, attr, None)
             if bound is not None:
-                words += f" {symbol} {bound}"
+                bounds.append(f"{symbol} {bound}")
         if getattr(meta, "min_length", None):
             words = "a non-empty string"
-    return words
+        if getattr(meta, "pattern", None) == FILE_NAME_PATTERN:
+            words = FILE_NAME_WORDS
+    return f"{words} {' and '.join(bounds)}" if bounds else words
 
 
 def _suggest(key: str) -> str:

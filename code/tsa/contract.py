@@ -179,18 +179,38 @@ def _host_sort_key(host: str) -> tuple[str, int, str]:
     return (match.group(1), int(match.group(2)), match.group(3))
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice (json.loads would silently keep the last)."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_json_object(path: Path, *, required: bool) -> dict[str, Any] | None:
-    """A JSON file holding an object (None when it is absent and optional); else a `ConfigError`."""
+    """A JSON file holding an object (None when it is absent and optional); else a `ConfigError`.
+
+    Duplicate keys are refused: the last one would win silently.
+    """
     if not path.exists():
         if required:
             raise ConfigError([f"file '{path}' is missing: the job needs it (SageMaker writes it)"])
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        raise ConfigError([f"file '{path}' names key '{exc}' twice: keep one (JSON readers keep only the last)"]) \
+            from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"file '{path}' is not valid JSON ({exc}): write a JSON object"]) from exc
     if not isinstance(data, dict):
-        raise ConfigError([f"file '{path}' holds a {type(data).__name__}: expected a JSON object"])
+        kind = "null" if data is None else f"a {type(data).__name__}"
+        raise ConfigError([f"file '{path}' holds {kind}: expected a JSON object"])
     return data
 
 
@@ -338,7 +358,10 @@ def load_hyperparameter_file(path: Path, data_dir: Path | None = None) -> dict[s
 
 
 def load_hyperparameters(paths: JobPaths) -> dict[str, Any]:
-    """The job's `hyperparameters.json` (an empty map when SageMaker wrote none)."""
+    """The job's `hyperparameters.json` (SageMaker always writes one; the model needs its shapes from it)."""
     if not paths.hyperparameters_file.exists():
-        return {}
+        raise ConfigError([
+            f"file '{paths.hyperparameters_file}' is missing: the job needs the estimator's hyperparameters "
+            "(at least n_cat_features, n_num_features, n_embedding); see `tsa schema`"
+        ])
     return load_hyperparameter_file(paths.hyperparameters_file, paths.data_dir)

@@ -29,14 +29,19 @@ FIXTURE_DIR = Path(os.environ.get("TSA_LEGACY_FIXTURES", DEFAULT_DIR))
 FORMAT = "legacy_tsa_fixture/v1"
 
 
-def manifest() -> dict[str, Any]:
-    path = FIXTURE_DIR / "manifest.json"
+def read_manifest(folder: Path, expected_format: str, env_var: str) -> dict[str, Any]:
+    """A fixture folder's `manifest.json`, checked for its format."""
+    path = folder / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no fixture manifest at {path} (set TSA_LEGACY_FIXTURES to a fixture folder)")
+        raise FileNotFoundError(f"no fixture manifest at {path} (set {env_var} to a fixture folder)")
     data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+    if data.get("format") != expected_format:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {expected_format!r}")
     return data
+
+
+def manifest() -> dict[str, Any]:
+    return read_manifest(FIXTURE_DIR, FORMAT, "TSA_LEGACY_FIXTURES")
 
 
 def cases(*kinds: str) -> list[Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.equivalence.fixtures import read_manifest
 from tests.jobs import free_port
 from tsa.training.trace import read_trace
 
@@ -42,13 +43,7 @@ JOB_TIMEOUT_S = 600
 
 
 def run_manifest() -> dict[str, Any]:
-    path = RUN_FIXTURE_DIR / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no run-fixture manifest at {path} (set TSA_LEGACY_RUN_FIXTURES to a fixture folder)")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-    return data
+    return read_manifest(RUN_FIXTURE_DIR, FORMAT, "TSA_LEGACY_RUN_FIXTURES")
 
 
 def run_cases() -> list[Any]:

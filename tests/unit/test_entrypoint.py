@@ -18,6 +18,8 @@ from tests.inputs import GOOD_HP
 from tsa.contract import JobPaths
 from tsa.entrypoint import main_train, run_guarded
 
+MISSING = "(no hyperparameters.json)"
+
 
 def _case(hp: Any = None, **kwargs: Any) -> dict[str, Any]:
     return {"hyperparameters": GOOD_HP if hp is None else hp, **kwargs}
@@ -56,6 +58,21 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("bad_inputdataconfig", _case(inputdataconfig="{"), "inputdataconfig.json' is not valid JSON"),
     ("current_host_not_in_hosts", _case(resourceconfig={"current_host": "algo-3", "hosts": ["algo-1"]}),
      "'current_host' = 'algo-3'"),
+    # Values that parse but cannot be used, names that would become paths, files that are not what they seem.
+    ("infinite_maxlr", _case({**GOOD_HP, "scheduler_maxlr": "1e309"}), "'scheduler_maxlr' = '1e309': expected"),
+    ("infinite_weight_decay", _case({**GOOD_HP, "weight_decay": "inf"}), "'weight_decay' = 'inf': expected a finite"),
+    ("nan_lr", _case({**GOOD_HP, "lr": "nan"}), "'lr' = 'nan': expected a finite number > 0 and <= 1"),
+    ("nan_dropout", _case({**GOOD_HP, "dropout": "NaN"}), "'dropout' = 'NaN': expected a finite"),
+    ("huge_lr", _case({**GOOD_HP, "lr": "50"}), "'lr' = '50': expected a finite number > 0 and <= 1"),
+    ("test_name_escapes", _case({**GOOD_HP, "test_name": "../../x"}), "'test_name' = '../../x': expected a file name"),
+    ("test_name_subfolder", _case({**GOOD_HP, "test_name": "a/b"}), "'test_name' = 'a/b': expected a file name"),
+    ("test_name_hidden", _case({**GOOD_HP, "test_name": ".x"}), "'test_name' = '.x': expected a file name"),
+    ("data_version_path", _case({**GOOD_HP, "data_version": "v0/../x"}), "'data_version' = 'v0/../x'"),
+    ("duplicate_hyperparameter_key", _case('{"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120", '
+                                          '"n_cat_features": "41"}'), "names key 'n_cat_features' twice"),
+    ("null_hyperparameters", _case("null"), "hyperparameters.json' holds null: expected a JSON object"),
+    ("missing_hyperparameters_file", _case(MISSING), "hyperparameters.json' is missing"),
+    ("duplicate_channel_key", _case(inputdataconfig='{"train": {}, "train": {}}'), "names key 'train' twice"),
 ]
 
 
@@ -67,6 +84,8 @@ def _write(tmp_path: Path, case: dict[str, Any]) -> Path:
                      resourceconfig=case.get("resourceconfig"))
     if isinstance(idc, str):
         (root / "input/config/inputdataconfig.json").write_text(idc)
+    if case["hyperparameters"] == MISSING:
+        (root / "input/config/hyperparameters.json").unlink()
     return root
 
 
