@@ -169,6 +169,11 @@ class RuntimeConfig(_Section):
     checkpoint_dir: str | None = Field(
         None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
     )
+    ignore_checkpoint: bool = Field(
+        False,
+        description="Train from the start even if the checkpoint folder holds a last.ckpt (it is overwritten); "
+        "by default the job resumes from it, and refuses one written by another job or config.",
+    )
     log_every_n_steps: int = Field(50, description="Progress/metric line every N training steps.", ge=1)
     stop_check_every_n_steps: int = Field(
         20,

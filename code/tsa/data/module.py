@@ -153,6 +153,11 @@ class TsaDataModule(L.LightningDataModule):
         stream.set_epoch(epoch)
         return self.loader(stream)
 
+    def row_counts(self) -> dict[str, int]:
+        """Examples per channel (what a checkpoint records of the data it was trained on)."""
+        self.setup()
+        return {name: int(source.num_rows) for name, source in sorted(self.sources.items())}
+
     def ids(self, name: str, rows: np.ndarray) -> np.ndarray | None:
         """The example ids of `rows` of channel `name` (None when the format has none)."""
         return self.sources[name].ids(rows)

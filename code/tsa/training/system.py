@@ -168,6 +168,7 @@ class TsaSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tsa_config"] = self.config.resolved()
+        checkpoint["tsa_rows"] = self.data.row_counts()
         checkpoint["tsa_history"] = [asdict(result) for result in self.history]
         checkpoint["tsa_selection"] = self.selection.state_dict()
         checkpoint["tsa_epoch_progress"] = {"train_loss_sum": self._train_loss_sum.detach().cpu(),

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import TsaDataModule
+from tsa.errors import CheckpointError
 from tsa.models import build_model
 from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
 from tsa.training.plan import RunPlan
@@ -38,6 +39,47 @@ PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
 BEST_WEIGHTS = "best-model.safetensors"
+# Settings a resumed run must share with the run that wrote the checkpoint (the rest may change).
+RESUME_INVARIANT = {"model": None, "train": None, "data": ("data_version", "data_format", "use_small_batch"),
+                    "runtime": ("test_name", "use_amp", "precision", "fast_mode", "accelerator", "cpu_processes")}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`section.key` of every resume-invariant setting whose value differs."""
+    keys = []
+    for section, names in RESUME_INVARIANT.items():
+        ours, theirs = current.get(section, {}), saved.get(section, {})
+        for name in names or sorted(set(ours) | set(theirs)):
+            if ours.get(name) != theirs.get(name):
+                keys.append(f"{section}.{name} ({theirs.get(name)!r} in the checkpoint, {ours.get(name)!r} now)")
+    return keys
+
+
+def check_resumable(path: Path, config: JobConfig, rows: dict[str, int]) -> None:
+    """Refuse a `last.ckpt` that cannot be read safely or was written by another job, before training.
+
+    Loaded with `weights_only=True` (tensors and plain containers only: a pickle that would run
+    code is refused); it must hold the config and the channel sizes the job wrote into it.
+    """
+    remedy = "delete it (or set ignore_checkpoint=true) to train from the start"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, random bytes, a pickle with code: all unusable
+        raise CheckpointError(f"checkpoint '{path}' cannot be read safely ({_first_line(exc)}): {remedy}") from exc
+    saved = checkpoint.get("tsa_config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint '{path}' was not written by tsa-training (no job config in it): {remedy}")
+    differing = differing_settings(saved, config.resolved())
+    if checkpoint.get("tsa_rows") not in (None, rows):
+        differing.append(f"channel sizes ({checkpoint['tsa_rows']} in the checkpoint, {rows} now)")
+    if differing:
+        raise CheckpointError(f"checkpoint '{path}' belongs to another job or config: {'; '.join(differing)}; "
+                              f"{remedy}, or point checkpoint_dir at the folder of the job that wrote it")
 
 
 def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path) -> L.Trainer:
@@ -105,12 +147,21 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
     trainer = build_trainer(config, plan, callbacks, work_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
-    if last.is_file():
+    resume = last.is_file() and not config.runtime.ignore_checkpoint
+    if resume:
+        check_resumable(last, config, datamodule.row_counts())
         log.info("resuming from %s", last)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    elif last.is_file():
+        log.info("ignore_checkpoint: training from the start; %s will be overwritten", last)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
     selection = system.selection
     if selection.tracker.best_epoch is not None and best.is_file():
-        load_project_state_dict(model, load_file(str(best), device=str(system.device)))
+        try:
+            best_state = load_file(str(best), device=str(system.device))
+        except Exception as exc:  # a truncated or foreign file
+            raise CheckpointError(f"best weights '{best}' cannot be read ({_first_line(exc)}): delete the checkpoint "
+                                  "folder's files to train from the start") from exc
+        load_project_state_dict(model, best_state)
     epoch_index = len(system.history)
     scores = {name: system.score(datamodule.evaluation_loader(name, epoch_index), name, epoch_index)
               for name in EVALUATION_CHANNELS if name in channels}
