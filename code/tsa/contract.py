@@ -224,6 +224,9 @@ def read_resource_config(paths: JobPaths) -> ResourceConfig:
     current = data.get("current_host")
     if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) for h in hosts):
         raise ConfigError([f"file '{file}': 'hosts' = {hosts!r}: expected a non-empty list of host names"])
+    repeated = sorted({h for h in hosts if hosts.count(h) > 1})
+    if repeated:
+        raise ConfigError([f"file '{file}': 'hosts' = {hosts!r} names {repeated} twice: every host once"])
     if current not in hosts:
         raise ConfigError([f"file '{file}': 'current_host' = {current!r}: expected one of {hosts}"])
     return ResourceConfig(
@@ -231,6 +234,19 @@ def read_resource_config(paths: JobPaths) -> ResourceConfig:
         hosts=tuple(hosts),
         network_interface_name=data.get("network_interface_name"),
     )
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and write a file into it: an unusable output folder fails at start."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".tsa-write-check-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ChannelError(f"{what} '{folder}' is not writable ({reason}): the job writes there; "
+                           "make it a writable folder (permissions, disk space, not a file)") from exc
 
 
 def canonical_channel_name(folder: str) -> str | None:

@@ -27,7 +27,14 @@ import torch.distributed as dist
 
 from tsa.artifacts import discard_partial, export_artifacts
 from tsa.config import JobConfig
-from tsa.contract import Channel, JobPaths, load_hyperparameters, read_channels, read_resource_config
+from tsa.contract import (
+    Channel,
+    JobPaths,
+    check_writable,
+    load_hyperparameters,
+    read_channels,
+    read_resource_config,
+)
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
@@ -130,13 +137,16 @@ def train_job(paths: JobPaths) -> None:
     resources = read_resource_config(paths)
     channels = read_channels(paths)
     plan = plan_run(config, resources)
+    checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
     if not is_launched_worker():
+        for folder, what in ((paths.model_dir, "model folder"), (paths.output_data_dir, "output folder"),
+                             (checkpoint_dir, "checkpoint folder")):
+            check_writable(folder, what)
         validate_job_data(config, channels)
         discard_partial(paths)
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
     configure_environment(plan.world)
-    checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)

@@ -73,6 +73,10 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("null_hyperparameters", _case("null"), "hyperparameters.json' holds null: expected a JSON object"),
     ("missing_hyperparameters_file", _case(MISSING), "hyperparameters.json' is missing"),
     ("duplicate_channel_key", _case(inputdataconfig='{"train": {}, "train": {}}'), "names key 'train' twice"),
+    ("duplicate_hosts", _case(resourceconfig={"current_host": "algo-1", "hosts": ["algo-1", "algo-2", "algo-1"]}),
+     "names ['algo-1'] twice"),
+    ("checkpoint_dir_under_a_file", _case({**GOOD_HP, "checkpoint_dir": "/dev/null/x"}),
+     "checkpoint folder '/dev/null/x' is not writable"),
 ]
 
 

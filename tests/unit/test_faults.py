@@ -112,3 +112,13 @@ def test_ignore_checkpoint_trains_from_the_start(tmp_path: Path, trained: Path) 
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "training from the start" in proc.stdout
     assert json.loads((root / "model/config.json").read_text())["model"]["n_layers_order"] == 2
+
+
+def test_a_checkpoint_folder_that_is_a_file_fails_at_start(tmp_path: Path, trained: Path) -> None:
+    root = make_job(tmp_path / "job", QUICK, data=trained / "input/data")
+    (root / "checkpoints").write_text("not a folder")
+    proc = run_job(root)
+    assert proc.returncode == 2
+    first = (root / "output/failure").read_text().splitlines()[0]
+    assert first.startswith(f"checkpoint folder '{root / 'checkpoints'}' is not writable")
+    assert "METRIC" not in proc.stdout, "refused before training"
