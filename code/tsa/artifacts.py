@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -158,8 +159,13 @@ def discard_partial(paths: JobPaths) -> None:
         shutil.rmtree(partial)
 
 
-def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> dict[str, Any]:
-    """Write every artifact (rank 0 only); returns the final metrics per split."""
+def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
+                     before_publish: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Write every artifact (rank 0 only); returns the final metrics per split.
+
+    `before_publish` runs once the set is complete in `model/.partial`, right before it is moved
+    into place (the job's last chance to stop without touching `model/`).
+    """
     partial = paths.model_dir / PARTIAL
     discard_partial(paths)
     partial.mkdir(parents=True)
@@ -172,6 +178,7 @@ def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult)
     write_metrics(partial, result, final)
     plot_curves(partial / f"{name}.pt.png", result.history)
     write_serving(result.model, partial)
+    before_publish()
     publish(partial, paths.model_dir)
 
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 import torch.distributed as dist
 
@@ -41,7 +39,7 @@ from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 from tsa.training.callbacks import LAST_CHECKPOINT
 from tsa.training.plan import configure_environment, is_launched_worker, plan_run
 from tsa.training.result import TrainingResult
-from tsa.training.stop import StopRequested
+from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
 from tsa.training.trainer import fit
 
 log = logging.getLogger("tsa")
@@ -134,6 +132,7 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
 def train_job(paths: JobPaths) -> None:
     """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts."""
     config = load_job_config(paths)
+    check_stop("before training (while reading the config)")
     resources = read_resource_config(paths)
     channels = read_channels(paths)
     plan = plan_run(config, resources)
@@ -143,10 +142,12 @@ def train_job(paths: JobPaths) -> None:
                              (checkpoint_dir, "checkpoint folder")):
             check_writable(folder, what)
         validate_job_data(config, channels)
+        check_stop("before training (while validating the data)")
         discard_partial(paths)
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
     configure_environment(plan.world)
+    check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
@@ -165,10 +166,17 @@ def train_job(paths: JobPaths) -> None:
 
 def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> None:
     """Write the artifacts of the selected model and its scores."""
-    final = export_artifacts(paths, config, result)
+    final = export_artifacts(paths, config, result,
+                             before_publish=lambda: check_stop_during_export(paths, config))
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
+
+
+def check_stop_during_export(paths: JobPaths, config: JobConfig) -> None:
+    if STOP.requested:
+        discard_partial(paths)
+        raise StopRequested.during_export(paths.checkpoints(config.runtime.checkpoint_dir))
 
 
 def main_train(base_dir: Path | None = None) -> int:
@@ -178,11 +186,5 @@ def main_train(base_dir: Path | None = None) -> int:
     paths = JobPaths.from_root(base_dir)
     if not is_launched_worker():
         clear_previous_outcome(paths)
-    # As PID 1 in a container, a signal without a handler is ignored; until training installs its
-    # checkpointing handler, SIGTERM ends the job at once.
-    signal.signal(signal.SIGTERM, _stop_before_training)
+    install_stop_handler()
     return run_guarded(paths, lambda: train_job(paths))
-
-
-def _stop_before_training(signum: int, frame: FrameType | None) -> None:
-    raise StopRequested.before_training()

@@ -1,12 +1,16 @@
-"""SIGTERM during training: the handler records it, the ranks agree on it at step boundaries.
+"""SIGTERM: the handler only records it; every phase of the job checks it at a safe point.
 
 SageMaker sends SIGTERM on a stop, a timeout or a spot interruption and kills the job 120 s
-later. `StopSignal` owns the handler while training runs (Lightning's own handler would run a
-collective inside the signal handler): it only sets a flag and forwards the signal to the ranks
-Lightning started on this host. `agreed(trainer, step)` is the safe point: a single process
-reads the flag (no tensor, no host sync); a multi-rank job all-reduces it every
-`stop_check_every_n_steps` steps so that every rank stops at the same step. What to do then
-(write a checkpoint, exit 143) is the checkpoint callback's business.
+later. The handler (`install_stop_handler`, from the job's start) sets one process-wide flag and
+forwards the signal to the ranks Lightning started on this host; raising inside a signal handler
+would land wherever the interpreter happens to be. Safe points:
+- before training (`check_stop`): after reading the config, after validating the data, before
+  the fit: the job exits 143 with "stopped before training";
+- training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
+  multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
+  at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
+- the export (`check_stop` before the artifacts are moved into `model/`): the partial set is
+  discarded, `model/` keeps what it held, and the checkpoint resumes the job.
 """
 
 from __future__ import annotations
@@ -36,30 +40,57 @@ class StopRequested(Exception):
         )
 
     @classmethod
-    def before_training(cls) -> StopRequested:
-        return cls("training stopped by SIGTERM before training started; nothing to checkpoint")
+    def during_export(cls, checkpoint_dir: Any) -> StopRequested:
+        return cls(
+            "training stopped by SIGTERM while writing the artifacts; the model folder keeps what it held; "
+            f"the trained state is in {checkpoint_dir}: run the job again with it to write the artifacts"
+        )
+
+
+class _StopFlag:
+    """The process-wide record of a SIGTERM (and whom to forward it to)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.launcher: Any = None  # Lightning's launcher of this host's other ranks, once training starts
+
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            log.warning("SIGTERM received: stopping at the next safe point")
+            if self.launcher is not None and hasattr(self.launcher, "kill"):
+                self.launcher.kill(signum)  # the ranks Lightning started on this host
+        self.requested = True
+
+
+STOP = _StopFlag()
+
+
+def install_stop_handler() -> None:
+    """From the job's start: SIGTERM sets the flag (as PID 1, an unhandled SIGTERM would be ignored)."""
+    signal.signal(signal.SIGTERM, STOP.on_sigterm)
+
+
+def check_stop(phase: str) -> None:
+    """Raise `StopRequested` if SIGTERM arrived (a safe point outside the training loop)."""
+    if STOP.requested:
+        raise StopRequested(f"training stopped by SIGTERM {phase}; nothing to checkpoint yet: run the job again")
 
 
 class StopSignal(L.Callback):
-    """The SIGTERM handler of the training loop and the ranks' agreement on it."""
+    """The flag inside the training loop: SIGTERM taken back from Lightning, and the ranks' agreement."""
 
     def __init__(self, check_every_n_steps: int) -> None:
         self.check_every_n_steps = check_every_n_steps
-        self.requested = False
         self._previous_handler: Any = None
-        self._launcher: Any = None
+
+    @property
+    def requested(self) -> bool:
+        return STOP.requested
 
     def _install(self, trainer: L.Trainer) -> None:
-        if signal.getsignal(signal.SIGTERM) != self._on_sigterm:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._launcher = trainer.strategy.launcher
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if not self.requested:
-            log.warning("SIGTERM received: checkpointing at the next training step, then exiting")
-            if self._launcher is not None and hasattr(self._launcher, "kill"):
-                self._launcher.kill(signum)  # the ranks Lightning started on this host
-        self.requested = True
+        STOP.launcher = trainer.strategy.launcher
+        if signal.getsignal(signal.SIGTERM) != STOP.on_sigterm:
+            self._previous_handler = signal.signal(signal.SIGTERM, STOP.on_sigterm)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
