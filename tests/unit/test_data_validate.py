@@ -71,6 +71,7 @@ BAD_DATA = [
     ("negative_time", setting((4, 1, -2), -5.0, "X_seq_num"), "npy", HP, "time_to_last (second to last): example 4"),
     ("label_out_of_range", setting((8,), 2, "Y"), "npy", HP, "example 8 has label 2: allowed are 0..1"),
     ("empty_channel", emptying, "npy", HP, "is empty: 0 examples"),
+    ("zero_d_labels", replacing("Y", lambda a: np.array(1)), "npy", HP, "array 'Y': holds a single value (shape ())"),
 ]
 
 
@@ -140,3 +141,18 @@ def test_the_job_writes_the_data_error_to_the_failure_file(tmp_path: Path) -> No
     first = (root / "output/failure").read_text().splitlines()[0]
     assert first.startswith("channel 'train' file 'train_X_seq_num_v0.npy' array 'X_seq_num': example 3")
     assert json.loads((root / "input/config/hyperparameters.json").read_text()) == HP
+
+
+def test_big_endian_arrays_are_read_losslessly(tmp_path: Path) -> None:
+    """numpy converts byte order without loss: accepted, and the batches equal the native file's."""
+    from tsa.config import JobConfig
+    from tsa.contract import Channel
+    from tsa.data import open_channel
+
+    arrays = good_arrays()
+    root = job_with(tmp_path, {k: v.astype(v.dtype.newbyteorder(">")) for k, v in arrays.items()}, "npy", HP)
+    assert cli_main(["validate", str(root)]) == 0
+    source = open_channel(Channel("train", root / "input/data/train"), JobConfig.from_hyperparameters(HP))
+    rows = np.arange(len(arrays["Y"]))[::-1]
+    for name, values in source.take(rows, source.names).items():
+        assert values.dtype.isnative and np.array_equal(values, arrays[name][rows]), name

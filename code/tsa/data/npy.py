@@ -42,6 +42,12 @@ def find_array_file(folder: Path, channel: str, name: str, version: str) -> Path
     return None
 
 
+def native_byte_order(array: np.ndarray) -> np.ndarray:
+    """The values in this machine's byte order (a lossless conversion: torch reads native order only)."""
+    array = np.asarray(array)
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
 def open_array(path: Path, channel: str, name: str) -> np.ndarray:
     """Memory-map one `.npy` read-only; a truncated or corrupt file is a `DataError`."""
     try:
@@ -53,6 +59,9 @@ def open_array(path: Path, channel: str, name: str) -> np.ndarray:
         ) from exc
     if not isinstance(array, np.ndarray):
         raise DataError(f"channel '{channel}' file '{path.name}': holds no single array (an .npz?); use .npy")
+    if array.ndim == 0:
+        raise DataError(f"channel '{channel}' file '{path.name}' array '{name}': holds a single value (shape ()): "
+                        "expected one row per example, shape (N, ...)")
     if name == "Y" and array.ndim == 2 and array.shape[1] == 1:
         array = array.reshape(array.shape[0])
     return array
@@ -116,7 +125,7 @@ class NpyChannel:
 
     def take(self, indices: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Rows `indices` (any order) of each named array, gathered in one vectorised read."""
-        return {name: np.asarray(self.arrays[name][indices]) for name in names}
+        return {name: native_byte_order(self.arrays[name][indices]) for name in names}
 
     def ids(self, indices: np.ndarray) -> None:
         """The legacy layout has no id column: predictions are keyed by row number."""
@@ -126,4 +135,4 @@ class NpyChannel:
         """(first row, arrays) over consecutive row ranges, for streaming validation."""
         for start in range(0, self.num_rows, chunk_rows):
             stop = min(start + chunk_rows, self.num_rows)
-            yield start, {name: np.asarray(self.arrays[name][start:stop]) for name in names}
+            yield start, {name: native_byte_order(self.arrays[name][start:stop]) for name in names}
