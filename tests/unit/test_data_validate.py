@@ -71,6 +71,7 @@ BAD_DATA = [
     ("negative_time", setting((4, 1, -2), -5.0, "X_seq_num"), "npy", HP, "time_to_last (second to last): example 4"),
     ("label_out_of_range", setting((8,), 2, "Y"), "npy", HP, "example 8 has label 2: allowed are 0..1"),
     ("empty_channel", emptying, "npy", HP, "is empty: 0 examples"),
+    ("time_overflows", setting((4, 1, -2), 1e30, "X_seq_num"), "npy", HP, "example 4 exceeds 8.8e+07 s"),
     ("zero_d_labels", replacing("Y", lambda a: np.array(1)), "npy", HP, "array 'Y': holds a single value (shape ())"),
 ]
 

@@ -140,3 +140,17 @@ def test_sigterm_only_sets_a_flag_and_the_next_safe_point_stops() -> None:
     finally:
         STOP.requested = False
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_run_that_diverges_stops_with_a_cause_and_no_model(tmp_path: Path, trained: Path) -> None:
+    """Finite but extreme feature values overflow inside the model: no NaN model is shipped."""
+    import numpy as np
+
+    root = make_job(tmp_path / "job", QUICK, rows=ROWS)
+    engineered = root / "input/data/train/train_X_num_v0.npy"
+    np.save(engineered, np.full_like(np.load(engineered), 1e30))
+    proc = run_job(root)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = (root / "output/failure").read_text().splitlines()[0]
+    assert first.startswith("training diverged in epoch 0: the mean training loss is nan")
+    assert not (root / "model").exists() or not any((root / "model").iterdir())

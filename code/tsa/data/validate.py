@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096
 
 
+# exp(dt / 1e6) is finite in float32 up to dt = 88.7e6 s; the legacy preprocessing clips at 1e7 (Q13).
+MAX_TIME_TO_LAST = 8.8e7
+
+
 def _where(source: ChannelSource, name: str, column: str | None = None) -> str:
     where = f"channel '{source.channel}' file '{source.file_of(name)}' array '{name}'"
     return where + (f" column {column}" if column else "")
@@ -105,6 +109,11 @@ def _check_sequence_columns(source: ChannelSource, name: str, start: int, values
     if bad is not None:
         raise DataError(f"{_where(source, name, 'time_to_last (second to last)')}: example {start + bad} is "
                         "negative: allowed are seconds >= 0 (current time minus the order's time)")
+    bad = _first_bad(time_to_last > MAX_TIME_TO_LAST)
+    if bad is not None:
+        raise DataError(f"{_where(source, name, 'time_to_last (second to last)')}: example {start + bad} exceeds "
+                        f"{MAX_TIME_TO_LAST:.1e} s: the time factor exp(dt/1e6) overflows float32 beyond it; "
+                        "clip it (the legacy preprocessing sets 1e7)")
 
 
 def validate_channel(source: ChannelSource, cfg: ModelConfig) -> int:

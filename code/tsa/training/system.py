@@ -17,6 +17,7 @@ this rank's batches (rank 0's are the logged ones).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from tsa.config import JobConfig
 from tsa.data import TsaDataModule
 from tsa.data.batches import Batch, model_inputs
+from tsa.errors import DataError
 from tsa.models import select_loss
 from tsa.training.evaluation import ChannelScores, EvaluationPass
 from tsa.training.metrics import get_performance
@@ -121,6 +123,7 @@ class TsaSystem(L.LightningModule):
         self._validation = EvaluationPass()
         if self.trainer.sanity_checking:
             return
+        self._refuse_non_finite(scores)
         auc = get_performance(scores.evaluated.scores, scores.evaluated.labels, ["auc"])["auc"]
         result = EpochResult(epoch=self.current_epoch, train_loss=self._mean_train_loss(),
                              validation_loss=scores.logged_loss, validation_auc=auc, learning_rate=self._epoch_lr)
@@ -130,6 +133,18 @@ class TsaSystem(L.LightningModule):
         self.trace.write()
         self._select(result)
         self.data.epoch_complete()
+
+    def _refuse_non_finite(self, scores: ChannelScores) -> None:
+        """A diverged run stops here, before its weights can become the selected model."""
+        train_loss = self._mean_train_loss()
+        if math.isfinite(train_loss) and bool(torch.isfinite(scores.evaluated.scores).all()):
+            return
+        what = f"the mean training loss is {train_loss}" if not math.isfinite(train_loss) else \
+            "the validation scores are not finite"
+        raise DataError(
+            f"training diverged in epoch {self.current_epoch}: {what}; the data (extreme feature values) or the "
+            "optimiser settings (scheduler_maxlr, weight_decay, loss) caused it; no model is written"
+        )
 
     def _select(self, result: EpochResult) -> None:
         """The legacy rules: keep the weights of a strictly better rounded AUC; stop on patience."""
