@@ -37,7 +37,7 @@ from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.plan import configure_environment, is_launched_worker, plan_run
+from tsa.training.plan import check_memory, configure_environment, is_launched_worker, plan_run
 from tsa.training.result import TrainingResult
 from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
 from tsa.training.trainer import fit
@@ -138,6 +138,7 @@ def train_job(paths: JobPaths) -> None:
     plan = plan_run(config, resources)
     checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
     if not is_launched_worker():
+        check_memory(config, plan)
         for folder, what in ((paths.model_dir, "model folder"), (paths.output_data_dir, "output folder"),
                              (checkpoint_dir, "checkpoint folder")):
             check_writable(folder, what)

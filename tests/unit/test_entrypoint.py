@@ -75,6 +75,10 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("duplicate_channel_key", _case(inputdataconfig='{"train": {}, "train": {}}'), "names key 'train' twice"),
     ("duplicate_hosts", _case(resourceconfig={"current_host": "algo-1", "hosts": ["algo-1", "algo-2", "algo-1"]}),
      "names ['algo-1'] twice"),
+    ("endless_layers", _case({**GOOD_HP, "n_layers_order": "100000000"}), "the model does not fit"),
+    ("huge_table_width", _case({**GOOD_HP, "dim_embedding_table": "1000000"}), "the model does not fit"),
+    ("huge_batch", _case({**GOOD_HP, "batch_size": "100000000"}), "plus the activations of a batch of 100000000"),
+    ("too_many_processes", _case({**GOOD_HP, "cpu_processes": "100000"}), "the model does not fit"),
     ("checkpoint_dir_under_a_file", _case({**GOOD_HP, "checkpoint_dir": "/dev/null/x"}),
      "checkpoint folder '/dev/null/x' is not writable"),
 ]

@@ -80,3 +80,12 @@ def test_fast_mode_training_reaches_the_exact_validation_auc(tmp_path: Path) -> 
     fast_auc = metrics(fast)["best_validation_auc"]
     assert exact_auc > 0.85
     assert abs(fast_auc - exact_auc) <= 0.005, (exact_auc, fast_auc)
+
+
+@pytest.mark.parametrize("example", ["eu_single", "na_dual", "smoke"])
+def test_the_memory_check_counts_the_parameters_within_5_percent(example: str) -> None:
+    from tsa.training.plan import parameter_count
+
+    config = JobConfig.from_hyperparameters(load_example(example))
+    real = sum(p.numel() for p in build_model(config.model).parameters())
+    assert abs(parameter_count(config) - real) <= 0.05 * real

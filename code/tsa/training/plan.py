@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from tsa.config import JobConfig, Precision, RuntimeConfig
 from tsa.contract import ResourceConfig
+from tsa.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +146,59 @@ def configure_environment(layout: WorldLayout) -> None:
     if layout.network_interface:
         os.environ.setdefault("NCCL_SOCKET_IFNAME", layout.network_interface)
         os.environ.setdefault("GLOO_SOCKET_IFNAME", layout.network_interface)
+
+
+# --- memory: refuse a config that cannot fit, before anything is built --------------------------
+BYTES_PER_PARAMETER = 16  # float32 weight, gradient and Adam's two moments
+MEMORY_HEADROOM = 0.9  # of the memory available now
+
+
+def parameter_count(config: JobConfig) -> int:
+    """The model's parameter count estimated from the config alone, nothing built (tested within 5%)."""
+    m = config.model
+    d, e, f, k = m.dim_embedding_table, 2 * m.dim_embedding_table, m.dim_attn_feedforward, m.num_experts
+    ffn = (lambda width: k * 2 * width * f + width * k) if m.use_moe else (lambda width: 2 * width * f + f + width)
+    order_layer = 4 * e * e + 8 * e + ffn(e)
+    feature_layer = 4 * d * d + 8 * d + ffn(d)
+    aggregation = (m.n_cat_features ** 2 + m.n_num_features ** 2) // 2 + m.n_cat_features + m.n_num_features
+    order = m.n_layers_order * order_layer + aggregation + 4 * e + (m.n_cat_features + m.n_num_features) * d
+    tokens = m.n_cat_features + m.n_num_features + m.n_engineered_num_features
+    feature = m.n_layers_feature * feature_layer + tokens * d
+    encoders = 2 * order + 60_000 if m.model_type == "dual" else order  # + the dual gate network (fixed, small)
+    table = (m.n_embedding + 2) * (d + (16 if m.model_type == "dual" else 0))
+    return table + encoders + feature + 3 * d * 1024 + 1024 * (m.n_classes + 1)
+
+
+def activation_bytes(config: JobConfig) -> int:
+    """An estimate of the float32 activations one training batch keeps for the backward."""
+    m = config.model
+    b, length, d, e, f = config.train.batch_size, m.seq_len, m.dim_embedding_table, 2 * m.dim_embedding_table, \
+        m.dim_attn_feedforward
+    s, t = length + 1, m.n_cat_features + m.n_num_features + m.n_engineered_num_features + 1
+    gather = 3 * length * (m.n_cat_features + m.n_num_features) * d
+    order = m.n_layers_order * (3 * m.num_heads * s * s + s * (6 * e + 2 * f))
+    feature = m.n_layers_feature * (3 * m.num_heads * t * t + t * (6 * d + 2 * f))
+    per_example = (2 if m.model_type == "dual" else 1) * (gather + order) + feature + 3 * 1024
+    return 4 * b * per_example
+
+
+def available_host_bytes() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def check_memory(config: JobConfig, plan: RunPlan, available: int | None = None) -> None:
+    """Refuse a config whose estimated memory exceeds what this host (or one GPU) has, with both numbers."""
+    params = parameter_count(config)
+    needed = params * BYTES_PER_PARAMETER + activation_bytes(config)
+    if plan.on_gpu:
+        where, have = "one GPU", torch.cuda.mem_get_info()[0] if available is None else available
+    else:
+        where = f"this host ({plan.world.devices} process(es))"
+        have = (available_host_bytes() if available is None else available) // max(plan.world.devices, 1)
+    if needed > MEMORY_HEADROOM * have:
+        raise ConfigError([
+            f"the model does not fit: about {needed / 2**30:.1f} GiB per process ({params:,} parameters with their "
+            f"gradients and Adam state, plus the activations of a batch of {config.train.batch_size}), but "
+            f"{where} has {have / 2**30:.1f} GiB available; reduce n_layers_order, n_layers_feature, "
+            "dim_embedding_table, dim_attn_feedforward, n_embedding or batch_size"
+        ])
