@@ -175,6 +175,10 @@ class RuntimeConfig(_Section):
         "by default the job resumes from it, and refuses one written by another job or config.",
     )
     log_every_n_steps: int = Field(50, description="Progress/metric line every N training steps.", ge=1)
+    host_resolution_timeout_s: int = Field(
+        600, description="Multi-node jobs: seconds to wait for the master host's name to resolve before failing.",
+        ge=1, le=3600,
+    )
     stop_check_every_n_steps: int = Field(
         20,
         description="Multi-process jobs agree on a SIGTERM stop every N training steps (one small collective "

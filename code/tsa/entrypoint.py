@@ -37,7 +37,7 @@ from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.plan import check_memory, configure_environment, is_launched_worker, plan_run
+from tsa.training.plan import check_memory, configure_environment, is_launched_worker, plan_run, wait_for_host
 from tsa.training.result import TrainingResult
 from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
 from tsa.training.trainer import fit
@@ -148,6 +148,8 @@ def train_job(paths: JobPaths) -> None:
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
     configure_environment(plan.world)
+    if plan.world.num_nodes > 1:
+        wait_for_host(os.environ["MASTER_ADDR"], config.runtime.host_resolution_timeout_s)
     check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
@@ -167,8 +169,15 @@ def train_job(paths: JobPaths) -> None:
 
 def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> None:
     """Write the artifacts of the selected model and its scores."""
-    final = export_artifacts(paths, config, result,
-                             before_publish=lambda: check_stop_during_export(paths, config))
+    try:
+        final = export_artifacts(paths, config, result,
+                                 before_publish=lambda: check_stop_during_export(paths, config))
+    except OSError as exc:  # disk full, read-only, permissions: the environment's, and the model folder is kept
+        discard_partial(paths)
+        where = exc.filename or paths.model_dir
+        raise JobError(f"writing the artifacts failed at '{where}' ({exc.strerror or type(exc).__name__}): the "
+                       f"model folder keeps what it held; free space or fix permissions, then run the job again "
+                       f"(it resumes from {paths.checkpoints(config.runtime.checkpoint_dir)})") from exc
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)

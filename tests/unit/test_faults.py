@@ -154,3 +154,40 @@ def test_a_run_that_diverges_stops_with_a_cause_and_no_model(tmp_path: Path, tra
     first = (root / "output/failure").read_text().splitlines()[0]
     assert first.startswith("training diverged in epoch 0: the mean training loss is nan")
     assert not (root / "model").exists() or not any((root / "model").iterdir())
+
+
+def test_a_master_host_that_never_resolves_fails_with_its_name() -> None:
+    """Bounded wait with log lines, then the host named (no real DNS query leaves the sandbox here)."""
+    import socket
+    import time
+
+    from tsa.errors import ChannelError
+    from tsa.training.plan import wait_for_host
+
+    calls = []
+
+    def unresolvable(host: str) -> None:
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    started = time.monotonic()
+    with pytest.raises(ChannelError, match=r"^master host 'algo-1' did not resolve within 0.3 s"):
+        wait_for_host("algo-1", timeout_s=0.3, poll_s=0.05, resolve=unresolvable)
+    assert 0.3 <= time.monotonic() - started < 5 and len(calls) > 1
+    wait_for_host("localhost", timeout_s=1)  # resolves from /etc/hosts
+
+
+def test_convert_refuses_an_object_array_naming_the_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    source = tmp_path / "train"
+    source.mkdir()
+    np.save(source / "train_Y_v0.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    proc = subprocess.run([sys.executable, "-m", "tsa", "data", "convert", str(source), str(tmp_path / "out"),
+                           "--to", "parquet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "file 'train_Y_v0.npy' array 'Y': not a readable .npy file" in proc.stderr
+    assert "Traceback" not in proc.stderr
