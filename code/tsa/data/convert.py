@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from numpy.lib.format import open_memmap
 
-from tsa.data.npy import FILE_PATTERN, legacy_file_name, open_array
+from tsa.data.npy import FILE_PATTERN, legacy_file_name, load_npy
 from tsa.data.parquet import column_to_numpy, write_parquet
 from tsa.data.schema import ID_COLUMN
 from tsa.errors import DataError
@@ -63,7 +63,7 @@ def read_npy_arrays(folder: Path, version: str | None = None, split: str | None 
             "choose with --split and --data-version"
         )
     files = next(iter(groups.values()))
-    return {name: open_array(path, folder.name, name) for name, path in files.items()}
+    return {name: load_npy(path, folder.name, name) for name, path in files.items()}
 
 
 def npy_to_parquet(source: Path, target: Path, version: str | None = None, split: str | None = None,

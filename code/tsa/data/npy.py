@@ -48,8 +48,8 @@ def native_byte_order(array: np.ndarray) -> np.ndarray:
     return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
-def open_array(path: Path, channel: str, name: str) -> np.ndarray:
-    """Memory-map one `.npy` read-only; a truncated or corrupt file is a `DataError`."""
+def load_npy(path: Path, channel: str, name: str) -> np.ndarray:
+    """Memory-map one `.npy` read-only, as stored; a truncated, corrupt or object file is a `DataError`."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -62,6 +62,12 @@ def open_array(path: Path, channel: str, name: str) -> np.ndarray:
     if array.ndim == 0:
         raise DataError(f"channel '{channel}' file '{path.name}' array '{name}': holds a single value (shape ()): "
                         "expected one row per example, shape (N, ...)")
+    return array
+
+
+def open_array(path: Path, channel: str, name: str) -> np.ndarray:
+    """`load_npy`, with labels `(N, 1)` read as `(N,)` (the legacy reshaped them too)."""
+    array = load_npy(path, channel, name)
     if name == "Y" and array.ndim == 2 and array.shape[1] == 1:
         array = array.reshape(array.shape[0])
     return array
