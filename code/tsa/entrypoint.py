@@ -158,7 +158,7 @@ def train_job(paths: JobPaths) -> None:
     distributed = dist.is_available() and dist.is_initialized()
     try:
         if result.is_global_zero:
-            export_job_artifacts(paths, config, result)
+            export_job_artifacts(paths, config, result, checkpoint_dir)
     finally:
         if distributed:
             # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
@@ -167,26 +167,26 @@ def train_job(paths: JobPaths) -> None:
             dist.destroy_process_group()
 
 
-def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult) -> None:
+def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, checkpoint_dir: Path) -> None:
     """Write the artifacts of the selected model and its scores."""
     try:
         final = export_artifacts(paths, config, result,
-                                 before_publish=lambda: check_stop_during_export(paths, config))
+                                 before_publish=lambda: check_stop_during_export(paths, checkpoint_dir))
     except OSError as exc:  # disk full, read-only, permissions: the environment's, and the model folder is kept
         discard_partial(paths)
         where = exc.filename or paths.model_dir
         raise JobError(f"writing the artifacts failed at '{where}' ({exc.strerror or type(exc).__name__}): the "
                        f"model folder keeps what it held; free space or fix permissions, then run the job again "
-                       f"(it resumes from {paths.checkpoints(config.runtime.checkpoint_dir)})") from exc
+                       f"(it resumes from {checkpoint_dir})") from exc
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
 
 
-def check_stop_during_export(paths: JobPaths, config: JobConfig) -> None:
+def check_stop_during_export(paths: JobPaths, checkpoint_dir: Path) -> None:
     if STOP.requested:
         discard_partial(paths)
-        raise StopRequested.during_export(paths.checkpoints(config.runtime.checkpoint_dir))
+        raise StopRequested.during_export(checkpoint_dir)
 
 
 def main_train(base_dir: Path | None = None) -> int:

@@ -87,10 +87,13 @@ class TsaDataModule(L.LightningDataModule):
         self._place_streams()
 
     def _place_streams(self) -> None:
-        """Every stream reads the sampler order of the current epoch; training skips the trained batches."""
         for name, stream in self.streams.items():
-            stream.set_epoch(self.position.epoch)
-            stream.start_batch = self.position.batches_done if name == "train" else 0
+            self._place_stream(name, stream)
+
+    def _place_stream(self, name: str, stream: BatchStream) -> None:
+        """A stream reads the sampler order of the current epoch; training skips the trained batches."""
+        stream.set_epoch(self.position.epoch)
+        stream.start_batch = self.position.batches_done if name == "train" else 0
 
     @property
     def max_rows(self) -> int | None:
@@ -131,9 +134,7 @@ class TsaDataModule(L.LightningDataModule):
         sampled = training or not self.config.train.fix_evaluation_order
         shard = ShardSpec(rank=rank, world=world, shuffle=sampled, pad=sampled, rows_per_rank=rows_per_rank)
         stream = BatchStream(source, self.config.model.model_type, self.config.train.batch_size, shard, self.max_rows)
-        stream.set_epoch(self.position.epoch)
-        if training:
-            stream.start_batch = self.position.batches_done
+        self._place_stream(name, stream)
         self.streams[name] = stream
         return stream
 
