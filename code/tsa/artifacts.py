@@ -1,7 +1,11 @@
 """Artifacts: everything `/opt/ml/model` and `/opt/ml/output/data` hold after training.
 
-Written by global rank 0 only, into `model/.partial` first and moved into `/opt/ml/model` file
-by file once complete, so the model folder holds a complete set or nothing new.
+Written by global rank 0 only, into `model/.partial` first; once complete it is published with a
+journal (`publish`): the old set moves to `model/.previous`, a `model/.publishing` mark is made,
+the new set moves in, and both hidden folders go. A job killed between those renames (SIGKILL:
+SIGTERM only sets a flag) leaves a state that `recover` puts right at the next start, before
+anything else: without the mark it rolls back to the old set, with it it completes the new one.
+So the model folder holds the previous complete set or the new one.
 
 `/opt/ml/model` (-> model.tar.gz):
 - `model.safetensors` (project keys) and `config.json` (resolved config + versions);
@@ -42,11 +46,14 @@ from tsa.legacy import legacy_state_dict
 from tsa.training.evaluation import ChannelScores, Predictions
 from tsa.training.metrics import MEASURES, get_performance, positive_probability
 from tsa.training.result import EpochResult, TrainingResult
-from tsa.weights import save_weights
+from tsa.weights import save_weights, write_torch
 
 log = logging.getLogger(__name__)
 
-PARTIAL = ".partial"
+PARTIAL = ".partial"  # the new set while it is written
+PREVIOUS = ".previous"  # the old set while the new one moves in
+PUBLISHING = ".publishing"  # the mark: the new set is complete and moving in
+WORKING = (PARTIAL, PREVIOUS, PUBLISHING)
 LEGACY_SCORE_PREFIX = {"validation": "", "calibration": "cali_"}
 PERCENTILE_STEPS = 1000
 
@@ -59,8 +66,7 @@ def percentile_map(scores: np.ndarray) -> list[list[float]]:
 
 def write_serving(model: nn.Module, folder: Path) -> None:
     """`model.pt` (TorchScript, CPU, eval) and `code/inference.py`."""
-    scripted = torch.jit.script(model.cpu().eval())
-    torch.jit.save(scripted, str(folder / "model.pt"))
+    write_torch(torch.jit.script(model.cpu().eval()), folder / "model.pt")
     (folder / "code").mkdir(exist_ok=True)
     handler = resources.files("tsa.serving").joinpath("inference.py").read_text()
     (folder / "code" / "inference.py").write_text(handler)
@@ -141,49 +147,93 @@ def write_legacy_scores(folder: Path, scores: dict[str, ChannelScores]) -> None:
     (folder / "percentile_score.json").write_text(json.dumps(table) + "\n")
 
 
-def publish(partial: Path, model_dir: Path) -> None:
-    """Move a complete artifact set from `partial` into `model_dir`, then remove `partial`."""
-    for item in sorted(partial.iterdir()):
-        target = model_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    partial.rmdir()
+def _published_entries(model_dir: Path) -> list[Path]:
+    """What the model folder shows (everything but the publish's own working entries)."""
+    return sorted(item for item in model_dir.iterdir() if item.name not in WORKING)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _complete_publish(model_dir: Path) -> None:
+    """Phase two: the new set from `.partial` in, then the working entries out (idempotent)."""
+    partial, previous = model_dir / PARTIAL, model_dir / PREVIOUS
+    if partial.is_dir():
+        for item in sorted(partial.iterdir()):
+            os.replace(item, model_dir / item.name)
+        partial.rmdir()
+    if previous.exists():
+        shutil.rmtree(previous)
+    (model_dir / PUBLISHING).unlink(missing_ok=True)
+
+
+def publish(model_dir: Path) -> None:
+    """Replace the model folder's set by the complete one in `.partial` (see the module docstring).
+
+    Nothing of an older set survives, whatever its file names (another `test_name`, another job).
+    """
+    previous = model_dir / PREVIOUS
+    _remove(previous)
+    previous.mkdir()
+    for item in _published_entries(model_dir):
+        os.replace(item, previous / item.name)
+    (model_dir / PUBLISHING).touch()  # from here on the new set is the one to complete
+    _complete_publish(model_dir)
+
+
+def recover(paths: JobPaths) -> None:
+    """Put right what a job killed while exporting left in the model folder, before anything else."""
+    model_dir = paths.model_dir
+    partial, previous = model_dir / PARTIAL, model_dir / PREVIOUS
+    if (model_dir / PUBLISHING).exists():
+        log.warning("completing the publish of the artifacts an earlier attempt was killed in: %s", model_dir)
+        _complete_publish(model_dir)
+        return
+    if previous.is_dir():
+        log.warning("rolling %s back to the artifacts it held before an interrupted publish", model_dir)
+        for item in sorted(previous.iterdir()):
+            os.replace(item, model_dir / item.name)
+        previous.rmdir()
+    if partial.exists():
+        log.warning("removing incomplete artifacts %s from an earlier attempt", partial)
+        _remove(partial)
 
 
 def discard_partial(paths: JobPaths) -> None:
-    """Remove an incomplete artifact set left by a job that died while exporting."""
-    partial = paths.model_dir / PARTIAL
-    if partial.exists():
-        log.warning("removing incomplete artifacts %s from an earlier attempt", partial)
-        shutil.rmtree(partial)
+    """Remove the incomplete set of this attempt (a stop or a write error before the publish)."""
+    _remove(paths.model_dir / PARTIAL)
 
 
 def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
                      before_publish: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Write every artifact (rank 0 only); returns the final metrics per split.
 
-    `before_publish` runs once the set is complete in `model/.partial`, right before it is moved
-    into place (the job's last chance to stop without touching `model/`).
+    The output folder's predictions and plots come first, then the model set in `model/.partial`;
+    `before_publish` runs once that is complete, right before it is published (the job's last
+    chance to stop without touching `model/`).
     """
     partial = paths.model_dir / PARTIAL
     discard_partial(paths)
-    partial.mkdir(parents=True)
     name = config.runtime.test_name
-    save_weights(result.model, config, partial)
-    torch.save(legacy_state_dict(result.model), partial / f"{name}.pt")
-    write_legacy_scores(partial, result.scores)
-    final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),
-                     "loss_logged": s.logged_loss} for split, s in result.scores.items()}
-    write_metrics(partial, result, final)
-    plot_curves(partial / f"{name}.pt.png", result.history)
-    write_serving(result.model, partial)
-    before_publish()
-    publish(partial, paths.model_dir)
-
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     for split, s in result.scores.items():
         write_predictions(paths.output_data_dir / f"predictions_{split}.csv", s.by_row, result.ids.get(split))
         plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", s.by_row, split)
-    shutil.copyfile(paths.model_dir / f"{name}.pt.png", paths.output_data_dir / "loss_curves.png")
+    plot_curves(paths.output_data_dir / "loss_curves.png", result.history)
+
+    partial.mkdir(parents=True)
+    save_weights(result.model, config, partial)
+    write_torch(legacy_state_dict(result.model), partial / f"{name}.pt")
+    write_legacy_scores(partial, result.scores)
+    final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),
+                     "loss_logged": s.logged_loss} for split, s in result.scores.items()}
+    write_metrics(partial, result, final)
+    shutil.copyfile(paths.output_data_dir / "loss_curves.png", partial / f"{name}.pt.png")
+    write_serving(result.model, partial)
+    before_publish()
+    publish(paths.model_dir)
     return final

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tsa.errors import ChannelError, ConfigError
+from tsa.errors import ChannelError, ConfigError, OutputError
 
 DEFAULT_BASE_DIR = Path("/opt/ml")
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
@@ -236,17 +237,25 @@ def read_resource_config(paths: JobPaths) -> ResourceConfig:
     )
 
 
-def check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and write a file into it: an unusable output folder fails at start."""
+def check_writable(folder: Path, what: str, needed_bytes: int = 0) -> None:
+    """Create `folder` if needed, write a file into it and check its free space against an estimate.
+
+    An unusable output folder fails at start, not after the training run.
+    """
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".tsa-write-check-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
+        free = shutil.disk_usage(folder).free
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ChannelError(f"{what} '{folder}' is not writable ({reason}): the job writes there; "
-                           "make it a writable folder (permissions, disk space, not a file)") from exc
+        raise OutputError(f"{what} '{folder}' is not writable ({reason}): the job writes there; "
+                          "make it a writable folder (permissions, disk space, not a file)") from exc
+    if free < needed_bytes:
+        raise OutputError(f"{what} '{folder}' has {free / 2**20:.1f} MiB free, but the job writes about "
+                          f"{needed_bytes / 2**20:.1f} MiB there (estimated from the model's size): free space "
+                          "or give the job a larger volume")
 
 
 def canonical_channel_name(folder: str) -> str | None:

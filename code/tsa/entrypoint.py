@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tsa.artifacts import discard_partial, export_artifacts
+from tsa.artifacts import discard_partial, export_artifacts, recover
 from tsa.config import JobConfig
 from tsa.contract import (
     Channel,
@@ -35,9 +35,16 @@ from tsa.contract import (
 )
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
-from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
+from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
 from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.plan import check_memory, configure_environment, is_launched_worker, plan_run, wait_for_host
+from tsa.training.plan import (
+    check_memory,
+    configure_environment,
+    is_launched_worker,
+    output_bytes,
+    plan_run,
+    wait_for_host,
+)
 from tsa.training.result import TrainingResult
 from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
 from tsa.training.trainer import fit
@@ -131,6 +138,8 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
 
 def train_job(paths: JobPaths) -> None:
     """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts."""
+    if not is_launched_worker():
+        recover_model_folder(paths)
     config = load_job_config(paths)
     check_stop("before training (while reading the config)")
     resources = read_resource_config(paths)
@@ -139,12 +148,13 @@ def train_job(paths: JobPaths) -> None:
     checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
     if not is_launched_worker():
         check_memory(config, plan)
-        for folder, what in ((paths.model_dir, "model folder"), (paths.output_data_dir, "output folder"),
-                             (checkpoint_dir, "checkpoint folder")):
-            check_writable(folder, what)
+        needed = output_bytes(config)
+        for folder, what, key in ((paths.model_dir, "model folder", "model"),
+                                  (paths.output_data_dir, "output folder", "output"),
+                                  (checkpoint_dir, "checkpoint folder", "checkpoints")):
+            check_writable(folder, what, needed[key])
         validate_job_data(config, channels)
         check_stop("before training (while validating the data)")
-        discard_partial(paths)
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
     configure_environment(plan.world)
@@ -172,15 +182,15 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingRes
     try:
         final = export_artifacts(paths, config, result,
                                  before_publish=lambda: check_stop_during_export(paths, checkpoint_dir))
-    except OSError as exc:  # disk full, read-only, permissions: the environment's, and the model folder is kept
-        discard_partial(paths)
-        where = exc.filename or paths.model_dir
-        raise JobError(f"writing the artifacts failed at '{where}' ({exc.strerror or type(exc).__name__}): the "
-                       f"model folder keeps what it held; free space or fix permissions, then run the job again "
-                       f"(it resumes from {checkpoint_dir})") from exc
+    except OSError as exc:  # disk full, read-only, permissions: the environment's
+        recover(paths)  # the model folder back to its previous set (or forward to the new one, if it was moving in)
+        raise OutputError.writing("the artifacts", exc, paths.model_dir,
+                                  f"the model folder keeps a complete set; the job resumes from {checkpoint_dir}") from exc
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
+    if STOP.requested:  # arrived during the publish, which a flag does not interrupt
+        raise StopRequested.after_publish()
 
 
 def check_stop_during_export(paths: JobPaths, checkpoint_dir: Path) -> None:
@@ -194,7 +204,17 @@ def main_train(base_dir: Path | None = None) -> int:
     configure_logging()
     configure_allocator()
     paths = JobPaths.from_root(base_dir)
+    install_stop_handler()
     if not is_launched_worker():
         clear_previous_outcome(paths)
-    install_stop_handler()
     return run_guarded(paths, lambda: train_job(paths))
+
+
+def recover_model_folder(paths: JobPaths) -> None:
+    """Before anything else: the model folder as a complete set, whatever an earlier attempt left."""
+    if paths.model_dir.is_dir():
+        try:
+            recover(paths)
+        except OSError as exc:
+            raise OutputError.writing("the model folder's recovery", exc, paths.model_dir,
+                                      "an earlier attempt left it mid-publish") from exc

@@ -54,3 +54,14 @@ class DataError(JobError):
 class CheckpointError(JobError):
     """A checkpoint or legacy weight file cannot be used with this configuration."""
 
+
+
+class OutputError(JobError):
+    """An output folder (model, output, checkpoints) cannot be written: disk full, read-only, permissions."""
+
+    @classmethod
+    def writing(cls, what: str, exc: OSError, fallback: object, outcome: str) -> OutputError:
+        """`writing <what> failed at '<file>' (<cause>): <outcome>; <fix>`, from the OSError that stopped it."""
+        where = exc.filename if exc.filename is not None else fallback
+        return cls(f"writing {what} failed at '{where}' ({exc.strerror or type(exc).__name__}): {outcome}; "
+                   "free space or fix the folder's permissions, then run the job again")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from tsa.config import JobConfig, ModelConfig
 from tsa.errors import CheckpointError
-from tsa.weights import alias_groups, load_weights, save_weights
+from tsa.weights import alias_groups, load_weights, save_weights, write_torch
 
 _LEGACY_MODEL_KWARGS = (
     "n_cat_features", "n_num_features", "n_classes", "n_embedding", "seq_len", "n_engineered_num_features",
@@ -102,4 +102,4 @@ def export_legacy(weights_dir: Path, output_file: Path) -> None:
     """`model.safetensors` + `config.json` -> a legacy-keyed `.pt` (aliases included)."""
     model, _ = load_weights(weights_dir)
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(legacy_state_dict(model), output_file)
+    write_torch(legacy_state_dict(model), output_file)

@@ -8,6 +8,7 @@ artifacts, `tsa legacy import`); `load_weights` rebuilds the model from it (serv
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from tsa.config import SECTIONS, JobConfig
@@ -23,6 +25,25 @@ from tsa.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+
+def write_safetensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """Serialise in memory, then write with Python's file I/O.
+
+    So a full disk or a read-only folder is an `OSError` naming the file: safetensors' own writer
+    raises an untyped error, and torch's aborts the whole process from a C++ destructor.
+    """
+    path.write_bytes(safetensors_bytes(dict(tensors)))
+
+
+def write_torch(obj: object, path: Path) -> None:
+    """`torch.save` (or `torch.jit.save` of a scripted module) into memory, then written as `write_safetensors`."""
+    buffer = io.BytesIO()
+    if isinstance(obj, torch.jit.ScriptModule):
+        torch.jit.save(obj, buffer)
+    else:
+        torch.save(obj, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def versions() -> dict[str, str]:
@@ -63,7 +84,7 @@ def load_project_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> No
 def save_weights(model: nn.Module, config: JobConfig, directory: Path) -> None:
     """`model.safetensors` (project keys) and `config.json` (the resolved config) in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(project_state_dict(model), str(directory / WEIGHTS_FILE))
+    write_safetensors(project_state_dict(model), directory / WEIGHTS_FILE)
     text = json.dumps({**config.resolved(), "versions": versions()}, indent=2, sort_keys=True) + "\n"
     (directory / CONFIG_FILE).write_text(text)
 

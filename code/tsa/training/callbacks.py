@@ -21,7 +21,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from tsa.training.stop import StopRequested, StopSignal
+from tsa.errors import OutputError
+from tsa.training.stop import StopRequested, StopSignal, check_stop_in_evaluation
 from tsa.training.system import TsaSystem
 
 log = logging.getLogger("tsa.training")
@@ -88,6 +89,10 @@ class SpotCheckpoint(L.Callback):
             self.save(trainer)
             raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)
 
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        check_stop_in_evaluation(f"the validation of epoch {trainer.current_epoch}", self.path)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._mid_epoch = False
@@ -95,11 +100,16 @@ class SpotCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
+        try:
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
+        except OSError as exc:  # disk full, read-only: the environment's; the previous last.ckpt is kept
+            tmp.unlink(missing_ok=True)
+            raise OutputError.writing("the checkpoint", exc, self.path,
+                                      "the previous checkpoint is kept and the model folder keeps what it held") from exc
         trainer.strategy.barrier("tsa-checkpoint")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,

@@ -203,6 +203,20 @@ def activation_bytes(config: JobConfig) -> int:
     return 4 * b * per_example
 
 
+OUTPUT_MARGIN = 16 * 2**20  # plots, score files, metrics
+
+
+def output_bytes(config: JobConfig) -> dict[str, int]:
+    """Disk space each output folder needs at most, from the float32 parameter count.
+
+    model: the weights three times (safetensors, the legacy `.pt`, TorchScript); checkpoints:
+    `last.ckpt` (weights and Adam's two moments) twice while it is replaced, plus the best weights.
+    """
+    weights = 4 * parameter_count(config)
+    return {"model": 3 * weights + OUTPUT_MARGIN, "checkpoints": 7 * weights + OUTPUT_MARGIN,
+            "output": OUTPUT_MARGIN}
+
+
 def available_host_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 

@@ -9,14 +9,18 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- the export (`check_stop` before the artifacts are moved into `model/`): the partial set is
-  discarded, `model/` keeps what it held, and the checkpoint resumes the job.
+- evaluation (`check_stop_in_evaluation` before every validation and final-scoring batch): the
+  pass is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes it;
+- the export (before the artifacts are moved into `model/`): the partial set is discarded,
+  `model/` keeps what it held, and the checkpoint resumes the job; a SIGTERM during the move
+  itself (a few renames) lets it finish, then the job exits 143 with the new set in place.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -38,6 +42,18 @@ class StopRequested(Exception):
             f"training stopped by SIGTERM (stop, timeout or spot interruption) at epoch {epoch}, step {step}; "
             f"checkpoint saved to {checkpoint}; run the job again with the same checkpoint folder to resume"
         )
+
+    @classmethod
+    def during_evaluation(cls, what: str, checkpoint: Path) -> StopRequested:
+        resume = (f"the job resumes from checkpoint '{checkpoint}'" if checkpoint.is_file()
+                  else "nothing was checkpointed yet")
+        return cls(f"training stopped by SIGTERM during {what}; the model folder keeps what it held; {resume}: "
+                   "run the job again with the same checkpoint folder")
+
+    @classmethod
+    def after_publish(cls) -> StopRequested:
+        return cls("training stopped by SIGTERM while the finished artifacts were moved into the model folder; "
+                   "the move was completed: the model folder holds the new complete set")
 
     @classmethod
     def during_export(cls, checkpoint_dir: Any) -> StopRequested:
@@ -74,6 +90,18 @@ def check_stop(phase: str) -> None:
     """Raise `StopRequested` if SIGTERM arrived (a safe point outside the training loop)."""
     if STOP.requested:
         raise StopRequested(f"training stopped by SIGTERM {phase}; nothing to checkpoint yet: run the job again")
+
+
+def check_stop_in_evaluation(what: str, checkpoint: Path) -> None:
+    """Before each evaluation batch: this rank's own flag, no collective.
+
+    Ranks' evaluation passes may differ by a batch (row order, no padding), so an all-reduce could
+    pair up wrongly; SIGTERM reaches every rank (SageMaker signals every host, the handler forwards
+    it to this host's ranks), and a rank already waiting in the final gather is ended with the
+    process group.
+    """
+    if STOP.requested:
+        raise StopRequested.during_evaluation(what, checkpoint)
 
 
 class StopSignal(L.Callback):

@@ -26,13 +26,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from tsa.config import JobConfig
 from tsa.data import TsaDataModule
 from tsa.data.batches import Batch, model_inputs
-from tsa.errors import DataError
+from tsa.errors import DataError, OutputError
 from tsa.models import select_loss
 from tsa.training.evaluation import ChannelScores, EvaluationPass
 from tsa.training.metrics import get_performance
@@ -41,7 +40,7 @@ from tsa.training.plan import RunPlan
 from tsa.training.result import EpochResult
 from tsa.training.selection import ModelSelection
 from tsa.training.trace import RunTrace, weight_digests
-from tsa.weights import project_state_dict
+from tsa.weights import project_state_dict, write_safetensors
 
 log = logging.getLogger("tsa.training")
 
@@ -149,27 +148,40 @@ class TsaSystem(L.LightningModule):
     def _select(self, result: EpochResult) -> None:
         """The legacy rules: keep the weights of a strictly better rounded AUC; stop on patience."""
         if self.selection.update(result.validation_auc, result.epoch) and self.trainer.is_global_zero:
-            self.best_weights.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.best_weights.with_suffix(".tmp")
-            save_file(project_state_dict(self.model), str(tmp))
-            os.replace(tmp, self.best_weights)
+            self._write_best_weights()
         if self.selection.should_stop:
             log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
                      result.epoch, self.selection.patience)
             self.trainer.should_stop = True
+
+    def _write_best_weights(self) -> None:
+        tmp = self.best_weights.with_suffix(".tmp")
+        try:
+            self.best_weights.parent.mkdir(parents=True, exist_ok=True)
+            write_safetensors(project_state_dict(self.model), tmp)
+            os.replace(tmp, self.best_weights)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError.writing("the best model's weights", exc, self.best_weights,
+                                      "the model folder keeps what it held") from exc
 
     def _mean_train_loss(self) -> float:
         """This rank's mean per-batch training loss (rank 0's is the logged one, as in legacy)."""
         return float(self._train_loss_sum / self._train_batches) if self._train_batches else float("nan")
 
     @torch.no_grad()
-    def score(self, loader: Iterable[Batch], name: str, epoch_index: int) -> ChannelScores:
-        """One evaluation pass of every rank over its `loader` (a collective under DDP), in eval mode."""
+    def score(self, loader: Iterable[Batch], name: str, epoch_index: int,
+              check_stop: Callable[[], None] = lambda: None) -> ChannelScores:
+        """One evaluation pass of every rank over its `loader` (a collective under DDP), in eval mode.
+
+        `check_stop` runs before every batch (a SIGTERM ends the pass there).
+        """
         self.eval()
         self.trace.start(final=name, epoch_index=epoch_index)
         scored = EvaluationPass()
         with self.trainer.precision_plugin.forward_context():
             for batch in loader:
+                check_stop()
                 batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
                 batch_scores, y, loss = self._common_step(batch, "predict")
                 scored.add(batch["row"], batch_scores, y, loss)
