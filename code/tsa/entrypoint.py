@@ -184,8 +184,8 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingRes
                                  before_publish=lambda: check_stop_during_export(paths, checkpoint_dir))
     except OSError as exc:  # disk full, read-only, permissions: the environment's
         recover(paths)  # the model folder back to its previous set (or forward to the new one, if it was moving in)
-        raise OutputError.writing("the artifacts", exc, paths.model_dir,
-                                  f"the model folder keeps a complete set; the job resumes from {checkpoint_dir}") from exc
+        outcome = f"the model folder keeps a complete set; the job resumes from {checkpoint_dir}"
+        raise OutputError.writing("the artifacts", exc, paths.model_dir, outcome) from exc
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)

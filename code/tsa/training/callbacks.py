@@ -108,8 +108,8 @@ class SpotCheckpoint(L.Callback):
                 os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
         except OSError as exc:  # disk full, read-only: the environment's; the previous last.ckpt is kept
             tmp.unlink(missing_ok=True)
-            raise OutputError.writing("the checkpoint", exc, self.path,
-                                      "the previous checkpoint is kept and the model folder keeps what it held") from exc
+            outcome = "the previous checkpoint is kept and the model folder keeps what it held"
+            raise OutputError.writing("the checkpoint", exc, self.path, outcome) from exc
         trainer.strategy.barrier("tsa-checkpoint")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,

@@ -164,7 +164,8 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
         load_project_state_dict(model, best_state)
     epoch_index = len(system.history)
     scores = {name: system.score(datamodule.evaluation_loader(name, epoch_index), name, epoch_index,
-                                 check_stop=lambda n=name: check_stop_in_evaluation(f"the final scoring of '{n}'", last))
+                                 check_stop=lambda n=name: check_stop_in_evaluation(f"the final scoring of '{n}'",
+                                                                                    last))
               for name in EVALUATION_CHANNELS if name in channels}
     return TrainingResult(
         model=model, history=list(system.history), best_epoch=selection.tracker.best_epoch,
