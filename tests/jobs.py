@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tests.conftest import write_job
+from tsa.config import JobConfig
+from tsa.data.convert import write_npy_channel, write_parquet_channel
+from tsa.data.synth import generate
 
 TINY = {"n_cat_features": "32", "n_num_features": "32", "n_embedding": "192", "n_engineered_num_features": "3",
         "seq_len": "8", "dim_embedding_table": "4", "dim_attn_feedforward": "8", "num_heads": "2",
@@ -49,3 +54,26 @@ def run_job(root: Path, env: dict[str, str] | None = None, timeout: int = 300) -
 
 def metrics(root: Path) -> dict[str, Any]:
     return json.loads((root / "model/metrics.json").read_text())
+
+
+Arrays = dict[str, np.ndarray]
+
+
+def synthetic_arrays(hyperparameters: dict[str, str], rows: int = 12, seed: int = 3) -> Arrays:
+    """A channel's arrays for the model `hyperparameters` describe (`tsa.data.synth`)."""
+    return generate(JobConfig.from_hyperparameters(hyperparameters).model, rows, seed=seed)
+
+
+def write_channel(folder: Path, arrays: Arrays, fmt: str) -> None:
+    if fmt == "npy":
+        write_npy_channel(folder, folder.name, "v0", arrays)
+    else:
+        write_parquet_channel(folder, arrays, row_group_rows=5)
+
+
+def job_with_train_arrays(root: Path, arrays: Arrays, fmt: str, hyperparameters: dict[str, str]) -> Path:
+    """A job whose train channel holds `arrays`, beside a good validation channel (training needs one)."""
+    write_job(root, hyperparameters, channels=())
+    write_channel(root / "input/data/train", arrays, fmt)
+    write_channel(root / "input/data/validation", synthetic_arrays(hyperparameters), fmt)
+    return root

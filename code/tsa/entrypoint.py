@@ -60,7 +60,10 @@ def clear_previous_outcome(paths: JobPaths) -> None:
     for status in (paths.failure_file, paths.success_file):
         if status.is_file():
             log.info("removing %s of a previous run", status)
-            status.unlink()
+            try:
+                status.unlink()
+            except OSError as exc:  # an unwritable output folder is reported by the job's own checks
+                log.warning("cannot remove %s (%s)", status, exc.strerror or exc)
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -95,15 +98,18 @@ def write_failure(paths: JobPaths, exc: BaseException) -> None:
     if target.exists():
         log.info("failure file %s exists already: kept", target)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".failure.{os.getpid()}.tmp")
-    tmp.write_text(failure_text(exc), encoding="utf-8")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(failure_text(exc), encoding="utf-8")
         os.link(tmp, target)
     except FileExistsError:
         log.info("failure file %s was written by another process: kept", target)
+    except OSError as write_error:  # the output folder itself is unusable: the cause stays in the log
+        log.error("cannot write the failure file %s (%s); the cause is the 'job failed' line above", target,
+                  write_error.strerror or write_error)
     finally:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -7,17 +7,20 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     job -> both exit 0, only rank 0 writes artifacts; (c) bad hyperparameters -> exit 2 and the
     same failure text as the process engine; (d) `docker stop` mid-training -> checkpoint written,
     exit inside the grace period; (e) SageMaker SDK local mode, instance_count=2, file:// inputs
-    -> model.tar.gz.
+    -> model.tar.gz; (f) the fault catalogue's rows that need real permissions, a real volume or
+    a real signal (the rest are in `tests/unit/test_catalogue.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,76 @@ def test_e_sagemaker_sdk_local_mode_two_instances(tmp_path: Path) -> None:
     with tarfile.open(archives[0]) as archive:
         names = set(archive.getnames())
     assert {"model.safetensors", "model.pt", "code/inference.py", "metrics.json", "smoke.pt"} <= names
+
+
+@dataclass(frozen=True)
+class ContainerFault:
+    id: str
+    docker_args: tuple[str, ...]  # `{job}` is the job folder on this machine
+    exit: int
+    first_line: str  # in the failure file; with `in_log`, in the log's "job failed" line (no writable output)
+    in_log: bool = False
+    stop_after: str | None = None  # `docker kill -s TERM` once the log shows this text
+
+
+FAULTS = [
+    ContainerFault("read_only_model_volume", ("-v", "{job}/model:/opt/ml/model:ro"), 2,
+                   "model folder '/opt/ml/model' is not writable (Read-only file system)"),
+    ContainerFault("model_volume_too_small", ("--mount", "type=tmpfs,destination=/opt/ml/model,tmpfs-size=1m"), 2,
+                   "model folder '/opt/ml/model' has 1.0 MiB free, but the job writes about"),
+    ContainerFault("root_owned_job_folder_other_user", ("--user", "4321:4321"), 2,
+                   "job failed: model folder '/opt/ml/model' is not writable (Permission denied)", in_log=True),
+    ContainerFault("sigterm_during_a_long_validation", (), 143,
+                   "training stopped by SIGTERM during the validation of epoch 0; the model folder keeps what it "
+                   "held; nothing was checkpointed yet", stop_after="METRIC step=8;"),
+]
+LONG_VALIDATION = {**TINY, "batch_size": "8", "max_epoch": "1", "log_every_n_steps": "1"}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def previous_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished job's model folder: the set each fault row must leave in place."""
+    root = make_job(tmp_path_factory.mktemp("previous") / "job", {**TINY, "max_epoch": "1"})
+    assert run_job(root).returncode == 0
+    return root / "model"
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_f_faults_that_need_a_real_container(tmp_path: Path, previous_set: Path, fault: ContainerFault) -> None:
+    rows = "train=64,validation=40000,calibration=32" if fault.stop_after else "train=64,validation=32,calibration=32"
+    job = make_job(tmp_path / "job", LONG_VALIDATION, rows=rows)
+    shutil.copytree(previous_set, job / "model")
+    before = snapshot(job / "model")
+    name = f"tsa-fault-{os.getpid()}-{fault.id}"
+    extra = [arg.format(job=job) for arg in fault.docker_args]
+    docker("run", "-d", "--name", name, "--network", "none", "-v", f"{job}:/opt/ml", *extra, IMAGE, "train",
+           check=True)
+    try:
+        if fault.stop_after is not None:
+            deadline = time.monotonic() + 180
+            while fault.stop_after not in docker("logs", name).stdout:
+                assert time.monotonic() < deadline, docker("logs", name).stdout[-2000:]
+                time.sleep(0.2)
+            docker("kill", "-s", "TERM", name, check=True)
+        started = time.monotonic()
+        docker("wait", name, timeout=300, check=True)
+        stopped_in = time.monotonic() - started
+        state = json.loads(docker("inspect", name, check=True).stdout)[0]["State"]
+        logs = docker("logs", name)
+    finally:
+        docker("rm", "-f", name)
+    assert state["ExitCode"] == fault.exit, logs.stdout[-2000:] + logs.stderr[-2000:]
+    if fault.in_log:
+        assert fault.first_line in logs.stdout
+        assert not (job / "output/failure").exists()
+    else:
+        text = (job / "output/failure").read_text()
+        assert fault.first_line in text.splitlines()[0] and "Traceback" not in text
+    if fault.stop_after is not None:
+        assert stopped_in < 20, f"stopped {stopped_in:.0f} s after SIGTERM: it must stop within seconds"
+    if "tmpfs" not in " ".join(fault.docker_args):  # a tmpfs model volume starts empty and goes with the container
+        assert snapshot(job / "model") == before

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tsa.errors import OutputError
-from tsa.training.stop import StopRequested, StopSignal, check_stop_in_evaluation
+from tsa.training.stop import StopRequested, StopSignal, check_stop_local
 from tsa.training.system import TsaSystem
 
 log = logging.getLogger("tsa.training")
@@ -67,6 +67,8 @@ class SpotCheckpoint(L.Callback):
         self._rng_after_iterator: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stop.agreed(trainer, 0):  # every rank passes here once: a collective is safe
+            raise StopRequested.during("the set-up of training", self.path)
         resume, self._resume = self._resume, None
         if resume is None:
             return
@@ -91,7 +93,7 @@ class SpotCheckpoint(L.Callback):
 
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
-        check_stop_in_evaluation(f"the validation of epoch {trainer.current_epoch}", self.path)
+        check_stop_local(f"the validation of epoch {trainer.current_epoch}", self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":

@@ -139,8 +139,9 @@ def plan_run(config: JobConfig, resources: ResourceConfig, gpus: int | None = No
 
 
 def wait_for_host(host: str, timeout_s: float, poll_s: float = 2.0,
-                  resolve: Callable[[str], object] = socket.gethostbyname) -> None:
+                  resolve: Callable[[str], object] | None = None) -> None:
     """Block until `host` resolves (a multi-node job's master), logging while it waits; fail after `timeout_s`."""
+    resolve = resolve or socket.gethostbyname
     deadline = time.monotonic() + timeout_s
     while True:
         try:

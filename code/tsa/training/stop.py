@@ -9,8 +9,8 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- evaluation (`check_stop_in_evaluation` before every validation and final-scoring batch): the
-  pass is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes it;
+- training's set-up and every validation and final-scoring batch (`check_stop_local`): the pass
+  is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes the job;
 - the export (before the artifacts are moved into `model/`): the partial set is discarded,
   `model/` keeps what it held, and the checkpoint resumes the job; a SIGTERM during the move
   itself (a few renames) lets it finish, then the job exits 143 with the new set in place.
@@ -44,7 +44,7 @@ class StopRequested(Exception):
         )
 
     @classmethod
-    def during_evaluation(cls, what: str, checkpoint: Path) -> StopRequested:
+    def during(cls, what: str, checkpoint: Path) -> StopRequested:
         resume = (f"the job resumes from checkpoint '{checkpoint}'" if checkpoint.is_file()
                   else "nothing was checkpointed yet")
         return cls(f"training stopped by SIGTERM during {what}; the model folder keeps what it held; {resume}: "
@@ -92,8 +92,8 @@ def check_stop(phase: str) -> None:
         raise StopRequested(f"training stopped by SIGTERM {phase}; nothing to checkpoint yet: run the job again")
 
 
-def check_stop_in_evaluation(what: str, checkpoint: Path) -> None:
-    """Before each evaluation batch: this rank's own flag, no collective.
+def check_stop_local(what: str, checkpoint: Path) -> None:
+    """A safe point without a collective: this rank's own flag (training's set-up, evaluation batches).
 
     Ranks' evaluation passes may differ by a batch (row order, no padding), so an all-reduce could
     pair up wrongly; SIGTERM reaches every rank (SageMaker signals every host, the handler forwards
@@ -101,7 +101,7 @@ def check_stop_in_evaluation(what: str, checkpoint: Path) -> None:
     process group.
     """
     if STOP.requested:
-        raise StopRequested.during_evaluation(what, checkpoint)
+        raise StopRequested.during(what, checkpoint)
 
 
 class StopSignal(L.Callback):

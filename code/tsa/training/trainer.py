@@ -28,7 +28,7 @@ from tsa.models import build_model
 from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
 from tsa.training.plan import RunPlan
 from tsa.training.result import TrainingResult
-from tsa.training.stop import StopSignal, check_stop_in_evaluation
+from tsa.training.stop import StopSignal, check_stop_local
 from tsa.training.system import TsaSystem
 from tsa.training.trace import RunTrace
 from tsa.weights import load_project_state_dict
@@ -164,7 +164,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
         load_project_state_dict(model, best_state)
     epoch_index = len(system.history)
     scores = {name: system.score(datamodule.evaluation_loader(name, epoch_index), name, epoch_index,
-                                 check_stop=lambda n=name: check_stop_in_evaluation(f"the final scoring of '{n}'",
+                                 check_stop=lambda n=name: check_stop_local(f"the final scoring of '{n}'",
                                                                                     last))
               for name in EVALUATION_CHANNELS if name in channels}
     return TrainingResult(
