@@ -32,6 +32,14 @@ RUN if [ -n "${APT_PACKAGES}" ]; then \
 # wheelhouse copied in here costs nothing there. Depends on pyproject.toml only, never on code/.
 FROM python AS deps
 ARG TORCH_VERSION=2.13.0
+# sagemaker-training is an sdist with a small C extension: the compiler lives in this stage only.
+# The local build passes "": its wheelhouse holds the wheel, built on the host.
+ARG BUILD_PACKAGES="gcc python3-dev"
+RUN if [ -n "${BUILD_PACKAGES}" ]; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${BUILD_PACKAGES} \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 # Where pip looks. Production: torch from the PyTorch CUDA 12.8 index, the rest from PyPI.
 # The local build passes PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheelhouse: pip reads them from the
 # environment (left unset here, they stay unset) and then ignores every index URL.

@@ -25,6 +25,7 @@ case "$mode" in
     timed docker build -t "${TAG:-tsa-training:local}" \
       --build-arg BASE_IMAGE=local/debian:bookworm-py \
       --build-arg APT_PACKAGES= \
+      --build-arg BUILD_PACKAGES= \
       --build-arg PIP_NO_INDEX=1 \
       --build-arg PIP_FIND_LINKS=/tmp/wheelhouse \
       "$@" .

@@ -24,6 +24,41 @@ TINY = {"n_cat_features": "32", "n_num_features": "32", "n_embedding": "192", "n
 ROWS = "train=320,validation=160,calibration=96"
 
 
+QUICK = {**TINY, "max_epoch": "1"}  # one epoch of the tiny model
+ROWS_SMALL = "train=64,validation=32,calibration=32"
+USER_SCRIPT = '''
+import argparse, json, os, sys
+import tsa.api
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, required=True)
+args, _ = parser.parse_known_args()
+print("USER model_dir", os.environ["SM_MODEL_DIR"], "train", os.environ["SM_CHANNEL_TRAIN"], flush=True)
+hyperparameters = json.loads(os.environ["SM_HPS"])["tsa"]  # the tsa map, passed as one JSON hyperparameter
+metrics = tsa.api.train({**hyperparameters, "max_epoch": args.epochs})
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "user_step.json"), "w") as handle:
+    json.dump({"validation_auc": metrics["validation"]["auc"]}, handle)
+'''
+FAILING_SCRIPT = 'import sys\nprint("about to fail", flush=True)\nsys.exit(3)\n'
+
+
+def script_job(tmp_path: Path, script: str, *, with_inputdataconfig: bool = True) -> Path:
+    """A job whose hyperparameters name a user entry point in a local source folder (as SDK local mode does)."""
+    root = make_job(tmp_path / "job", QUICK, rows=ROWS_SMALL)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "user_train.py").write_text(script)
+    hyperparameters = {"sagemaker_program": "user_train.py", "sagemaker_submit_directory": str(source),
+                       "epochs": "1", "tsa": json.dumps(QUICK)}
+    config = root / "input/config"
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "localhost", "hosts": ["localhost"]}))
+    if with_inputdataconfig:
+        (config / "inputdataconfig.json").write_text(json.dumps({name: {"TrainingInputMode": "File"} for name in
+                                                                 ("train", "validation", "calibration")}))
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

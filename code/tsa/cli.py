@@ -93,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--sharded", action="append", default=[], metavar="CHANNEL",
                         help="channel to distribute ShardedByS3Key (default FullyReplicated)")
     launch.add_argument("--region")
-    launch.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request, send nothing")
+    launch.add_argument("--tune", type=Path, metavar="RANGES.json",
+                        help="a hyperparameter tuning job over these ranges, objective validation:best_auc")
+    launch.add_argument("--dry-run", action="store_true",
+                        help="print the CreateTrainingJob (or tuning) request, send nothing")
     launch.set_defaults(handler=_cmd_launch)
     return parser
 
@@ -173,7 +176,7 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from tsa.launch import LaunchSpec, launch
+    from tsa.launch import LaunchSpec, launch, read_tuning_file
 
     config = _read_config_file(args.hyperparameters)  # refuse an invalid job before talking to AWS
     raw = read_json_object(args.hyperparameters, required=True) or {}  # sent as written: the job resolves config_file
@@ -188,8 +191,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         max_wait=args.max_wait, checkpoint_s3_uri=args.checkpoint_s3_uri, input_mode=args.input_mode,
         sharded_channels=args.sharded,
     )
-    result = launch(spec, region=args.region, dry_run=args.dry_run)
-    print(json.dumps(result, indent=2, default=str) if args.dry_run else f"started training job {result}")
+    tuning = read_tuning_file(args.tune, raw) if args.tune else None
+    result = launch(spec, region=args.region, dry_run=args.dry_run, tuning=tuning)
+    kind = "tuning job" if tuning else "training job"
+    print(json.dumps(result, indent=2, default=str) if args.dry_run else f"started {kind} {result}")
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tsa.contract import metric_definitions
 from tsa.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,19 @@ UNSUPPORTED_LEGACY_KEYS = {
     "/opt/ml/checkpoints); remove the key",
     "model_path": "resuming is automatic from the checkpoint folder (`checkpoint_dir`); remove the key",
 }
-RESERVED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+RESERVED_PREFIXES = ("sagemaker_",)
+TUNING_OBJECTIVE_KEY = "_tuning_objective_metric"  # SageMaker adds it to every training job of a tuning job
+TUNING_OBJECTIVE = "validation:best_auc"  # the metric the selected model is chosen by
+
+
+def log_tuning_objective(metric: object) -> None:
+    """A tuning job's objective: accepted and logged; one that is not a shipped metric is warned about."""
+    names = {definition["Name"] for definition in metric_definitions()}
+    if metric in names:
+        log.info("tuning job: objective metric %r (the job reports it in its METRIC lines)", metric)
+    else:
+        log.warning("tuning job: objective metric %r is not one of the job's metrics %s; tune on %r", metric,
+                    sorted(names), TUNING_OBJECTIVE)
 
 
 # A value that becomes (part of) a file name: no path separators, no leading dot, a safe character set.
@@ -168,6 +181,10 @@ class RuntimeConfig(_Section):
     cpu_processes: int = Field(1, description="Processes per host when training on CPU.", ge=1)
     checkpoint_dir: str | None = Field(
         None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
+    )
+    tensorboard_dir: str | None = Field(
+        None, description="TensorBoard event folder (scalars per step and epoch); default <job root>/output/"
+        "tensorboard when that folder exists, which SageMaker creates for a TensorBoardOutputConfig.",
     )
     ignore_checkpoint: bool = Field(
         False,
@@ -355,7 +372,9 @@ def _build_job_config(raw: Mapping[str, Any]) -> JobConfig:
     owners = field_section()
     selectors: dict[str, str] = {}
     for key, value in raw.items():
-        if key.startswith(RESERVED_PREFIXES):
+        if key == TUNING_OBJECTIVE_KEY:
+            log_tuning_objective(value)
+        elif key.startswith(RESERVED_PREFIXES):
             log.info("hyperparameter %r is reserved by SageMaker: ignored", key)
         elif key in IGNORED_LEGACY_KEYS:
             log.info("hyperparameter %r ignored (%s)", key, IGNORED_LEGACY_KEYS[key])

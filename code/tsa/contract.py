@@ -48,6 +48,13 @@ MAX_HYPERPARAMETER_VALUE_CHARS = 2500
 HyperparameterEncoding = Literal["str", "json", "v3"]
 
 
+def metric_definitions() -> list[dict[str, str]]:
+    """The shipped SageMaker metric regexes (they match the job's `METRIC ...;` lines)."""
+    from importlib import resources
+
+    return json.loads(resources.files("tsa").joinpath("metric_definitions.json").read_text())
+
+
 @dataclass(frozen=True)
 class JobPaths:
     """Every path of the `/opt/ml` layout, derived from one root (the one home of the layout)."""
@@ -119,6 +126,13 @@ class JobPaths:
     def checkpoints(self, configured: str | None) -> Path:
         """The checkpoint folder this job uses: the `checkpoint_dir` hyperparameter, else `checkpoints`."""
         return Path(configured) if configured else self.checkpoint_dir
+
+    def tensorboard(self, configured: str | None) -> Path | None:
+        """The TensorBoard folder: `tensorboard_dir`, else `output/tensorboard` if it exists (SageMaker syncs it)."""
+        if configured:
+            return Path(configured)
+        default = self.output_dir / "tensorboard"
+        return default if default.is_dir() else None
 
     @property
     def trace_dir(self) -> Path:

@@ -1,7 +1,8 @@
 """The container job: contract -> config -> data -> fit -> artifacts, with one error policy.
 
 Run it as SageMaker does (`docker run IMAGE train`, i.e. `tsa train`), or locally with
-`SAGEMAKER_BASE_DIR=<job folder> tsa train`.
+`SAGEMAKER_BASE_DIR=<job folder> tsa train`. When the hyperparameters name `sagemaker_program`,
+the job is the user's script, run by the SageMaker training toolkit (`toolkit.py`).
 
 Error policy: a `JobError` is the user's to fix -> exit 2; anything else is our bug -> exit 1;
 SIGTERM (stop, timeout, spot) -> a resumable checkpoint, then exit 143 with a stop notice.
@@ -18,8 +19,9 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 
@@ -36,6 +38,7 @@ from tsa.contract import (
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
+from tsa.toolkit import check_script_mode_contract, export_sm_environment, run_script_mode, script_mode_requested
 from tsa.training.callbacks import LAST_CHECKPOINT
 from tsa.training.plan import (
     check_memory,
@@ -116,7 +119,7 @@ def exit_code_for(exc: BaseException) -> int:
     return USER_ERROR_EXIT_CODE if isinstance(exc, JobError) else INTERNAL_ERROR_EXIT_CODE
 
 
-def run_guarded(paths: JobPaths, job: Callable[[], None]) -> int:
+def run_guarded(paths: JobPaths, job: Callable[[], object]) -> int:
     """Run `job`, map its exception to an exit code, and record the cause."""
     try:
         job()
@@ -142,15 +145,20 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
     return {name: validate_channel(open_channel(channel, config), config.model) for name, channel in channels.items()}
 
 
-def train_job(paths: JobPaths) -> None:
-    """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts."""
+def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts.
+
+    Returns the final metrics per split on global rank 0 (empty elsewhere).
+    """
     if not is_launched_worker():
         recover_model_folder(paths)
-    config = load_job_config(paths)
+    raw = load_hyperparameters(paths) if hyperparameters is None else dict(hyperparameters)
+    config = JobConfig.from_hyperparameters(raw)
     check_stop("before training (while reading the config)")
     resources = read_resource_config(paths)
     channels = read_channels(paths)
     plan = plan_run(config, resources)
+    export_sm_environment(paths, resources, channels, raw)
     checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
     if not is_launched_worker():
         check_memory(config, plan)
@@ -170,20 +178,24 @@ def train_job(paths: JobPaths) -> None:
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir)
+    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
+                 tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir))
     distributed = dist.is_available() and dist.is_initialized()
+    final: dict[str, dict[str, float]] = {}
     try:
         if result.is_global_zero:
-            export_job_artifacts(paths, config, result, checkpoint_dir)
+            final = export_job_artifacts(paths, config, result, checkpoint_dir)
     finally:
         if distributed:
             # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
             # as one exits, which would cut the export short.
             dist.barrier()
             dist.destroy_process_group()
+    return final
 
 
-def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, checkpoint_dir: Path) -> None:
+def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
+                         checkpoint_dir: Path) -> dict[str, dict[str, float]]:
     """Write the artifacts of the selected model and its scores."""
     try:
         final = export_artifacts(paths, config, result,
@@ -197,6 +209,7 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingRes
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
     if STOP.requested:  # arrived during the publish, which a flag does not interrupt
         raise StopRequested.after_publish()
+    return final
 
 
 def check_stop_during_export(paths: JobPaths, checkpoint_dir: Path) -> None:
@@ -210,10 +223,23 @@ def main_train(base_dir: Path | None = None) -> int:
     configure_logging()
     configure_allocator()
     paths = JobPaths.from_root(base_dir)
-    install_stop_handler()
     if not is_launched_worker():
         clear_previous_outcome(paths)
-    return run_guarded(paths, lambda: train_job(paths))
+        if script_mode_requested(paths):
+            return run_guarded(paths, lambda: check_script_mode_contract(paths)) or run_script_mode(paths)
+    install_stop_handler()
+    code = run_guarded(paths, lambda: train_job(paths))
+    if code == 0 and not is_launched_worker():
+        write_success(paths)
+    return code
+
+
+def write_success(paths: JobPaths) -> None:
+    """`output/success`, as SageMaker's toolkits write it (an unwritable folder was reported already)."""
+    try:
+        paths.success_file.write_text("", encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write %s (%s)", paths.success_file, exc.strerror or exc)
 
 
 def recover_model_folder(paths: JobPaths) -> None:

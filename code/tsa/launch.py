@@ -15,23 +15,19 @@ where the job resumes from). `--dry-run` prints the CreateTrainingJob request an
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from tsa.config import TUNING_OBJECTIVE
+from tsa.contract import metric_definitions, read_json_object
+from tsa.errors import JobError
+
 DEFAULT_MAX_RUN = 5 * 24 * 3600  # the legacy production limit
 TELEMETRY_OPT_OUT = 'SchemaVersion: "1.0"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n'
-
-
-def metric_definitions() -> list[dict[str, str]]:
-    """The shipped SageMaker metric regexes (they match the job's `METRIC ...;` lines)."""
-    text = resources.files("tsa").joinpath("metric_definitions.json").read_text()
-    return json.loads(text)
 
 
 @dataclass
@@ -113,10 +109,11 @@ def local_session() -> Any:
 
 
 def dry_run_session(region: str) -> tuple[Any, list[dict[str, Any]]]:
-    """A real SDK session whose SageMaker client records CreateTrainingJob instead of sending it.
+    """A real SDK session whose SageMaker client records its create requests instead of sending them.
 
     botocore skips the HTTP request when a `before-call` handler returns a response, so nothing
-    leaves the machine and no credentials are needed.
+    leaves the machine and no credentials are needed. Recorded: CreateTrainingJob and
+    CreateHyperParameterTuningJob.
     """
     import boto3
     import sagemaker
@@ -127,22 +124,94 @@ def dry_run_session(region: str) -> tuple[Any, list[dict[str, Any]]]:
     def capture(params: dict[str, Any], **_: Any) -> None:
         captured.append(dict(params))
 
-    def short_circuit(**_: Any) -> tuple[Any, dict[str, Any]]:
-        arn = f"arn:aws:sagemaker:{region}:000000000000:training-job/dry-run"
-        return SimpleNamespace(status_code=200, headers={}), {"TrainingJobArn": arn}
-
-    client.meta.events.register("before-parameter-build.sagemaker.CreateTrainingJob", capture)
-    client.meta.events.register("before-call.sagemaker.CreateTrainingJob", short_circuit)
+    for operation, arn_key, kind in (("CreateTrainingJob", "TrainingJobArn", "training-job"),
+                                     ("CreateHyperParameterTuningJob", "HyperParameterTuningJobArn",
+                                      "hyper-parameter-tuning-job")):
+        arn = f"arn:aws:sagemaker:{region}:000000000000:{kind}/dry-run"
+        client.meta.events.register(f"before-parameter-build.sagemaker.{operation}", capture)
+        client.meta.events.register(
+            f"before-call.sagemaker.{operation}",
+            lambda arn=arn, arn_key=arn_key, **_: (SimpleNamespace(status_code=200, headers={}), {arn_key: arn}))
     session = sagemaker.Session(boto_session=boto3.Session(region_name=region), sagemaker_client=client)
     return session, captured
 
 
-def launch(spec: LaunchSpec, region: str | None = None, dry_run: bool = False) -> dict[str, Any] | str:
-    """Start the job (returns its name), or with `dry_run` return the request it would send."""
-    if dry_run:
-        session, captured = dry_run_session(region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-        build_estimator(spec, session).fit(inputs=spec.inputs(), wait=False, logs=False)
-        return captured[0]
-    estimator = build_estimator(spec)
+@dataclass
+class TuningSpec:
+    """A hyperparameter tuning job over the training job: ranges from a small JSON file (`read_tuning_file`)."""
+
+    ranges: dict[str, dict[str, Any]]
+    max_jobs: int = 10
+    max_parallel_jobs: int = 2
+    objective: str = TUNING_OBJECTIVE  # the selected model's AUC (`METRIC ... best_validation_auc=`)
+
+    def parameter_ranges(self) -> dict[str, Any]:
+        from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+
+        made: dict[str, Any] = {}
+        for name, spec in self.ranges.items():
+            if spec["type"] == "categorical":
+                made[name] = CategoricalParameter(spec["values"])
+            else:
+                kind = ContinuousParameter if spec["type"] == "continuous" else IntegerParameter
+                made[name] = kind(spec["min"], spec["max"], scaling_type=spec.get("scaling", "Auto"))
+        return made
+
+
+RANGE_KEYS = {"continuous": {"type", "min", "max", "scaling"}, "integer": {"type", "min", "max", "scaling"},
+              "categorical": {"type", "values"}}
+
+
+def read_tuning_file(path: Path, hyperparameters: dict[str, Any]) -> TuningSpec:
+    """`{"max_jobs": 20, "max_parallel_jobs": 2, "ranges": {"scheduler_maxlr": {"type": "continuous",
+    "min": 1e-4, "max": 1e-2, "scaling": "Logarithmic"}, "loss": {"type": "categorical", "values": [...]}}}`
+
+    Every range is checked against the config before anything is sent: each end (each value) must
+    give a valid job together with the fixed hyperparameters.
+    """
+    from tsa.config import JobConfig
+
+    data = read_json_object(path, required=True) or {}
+    unknown = sorted(set(data) - {"max_jobs", "max_parallel_jobs", "ranges", "objective"})
+    if unknown or not isinstance(data.get("ranges"), dict) or not data["ranges"]:
+        raise JobError(f"tuning file '{path}': expected the keys max_jobs, max_parallel_jobs, ranges (a non-empty "
+                       f"object){f'; unknown {unknown}' if unknown else ''}")
+    if data.get("objective", TUNING_OBJECTIVE) != TUNING_OBJECTIVE:
+        raise JobError(f"tuning file '{path}': objective {data['objective']!r}: the job selects its model by "
+                       f"{TUNING_OBJECTIVE!r}, tune on that")
+    for name, spec in data["ranges"].items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in RANGE_KEYS or not set(spec) <= RANGE_KEYS[kind] or not set(spec) >= RANGE_KEYS[kind] - {
+                "scaling"}:
+            raise JobError(f"tuning file '{path}': range '{name}' = {spec!r}: expected type continuous or integer "
+                           "with min, max (and scaling), or type categorical with values")
+        for value in spec["values"] if kind == "categorical" else (spec["min"], spec["max"]):
+            try:
+                JobConfig.from_hyperparameters({**hyperparameters, name: value})
+            except JobError as exc:
+                raise JobError(f"tuning file '{path}': range '{name}' reaches {value!r}, which the job refuses: "
+                               f"{exc.message}") from exc
+    return TuningSpec(ranges=data["ranges"], max_jobs=int(data.get("max_jobs", 10)),
+                      max_parallel_jobs=int(data.get("max_parallel_jobs", 2)))
+
+
+def build_tuner(estimator: Any, tuning: TuningSpec) -> Any:
+    from sagemaker.tuner import HyperparameterTuner
+
+    return HyperparameterTuner(estimator, objective_metric_name=tuning.objective, objective_type="Maximize",
+                               hyperparameter_ranges=tuning.parameter_ranges(), metric_definitions=metric_definitions(),
+                               max_jobs=tuning.max_jobs, max_parallel_jobs=tuning.max_parallel_jobs)
+
+
+def launch(spec: LaunchSpec, region: str | None = None, dry_run: bool = False,
+           tuning: TuningSpec | None = None) -> dict[str, Any] | str:
+    """Start the job or tuning job (returns its name), or with `dry_run` return the request it would send."""
+    session, captured = (dry_run_session(region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")) if dry_run
+                         else (None, []))
+    estimator = build_estimator(spec, session)
+    if tuning is not None:
+        tuner = build_tuner(estimator, tuning)
+        tuner.fit(inputs=spec.inputs(), wait=False)
+        return captured[0] if dry_run else str(tuner.latest_tuning_job.name)
     estimator.fit(inputs=spec.inputs(), wait=False, logs=False)
-    return str(estimator.latest_training_job.name)
+    return captured[0] if dry_run else str(estimator.latest_training_job.name)

@@ -8,7 +8,9 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     same failure text as the process engine; (d) `docker stop` mid-training -> checkpoint written,
     exit inside the grace period; (e) SageMaker SDK local mode, instance_count=2, file:// inputs
     -> model.tar.gz; (f) the fault catalogue's rows that need real permissions, a real volume or
-    a real signal (the rest are in `tests/unit/test_catalogue.py`).
+    a real signal (the rest are in `tests/unit/test_catalogue.py`); (g) script mode: the SDK v2
+    `PyTorch` framework estimator with an `entry_point` (local mode) runs a user script that calls
+    `tsa.api.train`; (h) a failing user script -> the toolkit's failure file and exit code.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs import TINY, make_job, metrics, run_job
+from tests.jobs import FAILING_SCRIPT, QUICK, TINY, USER_SCRIPT, make_job, metrics, run_job, script_job
 
 pytestmark = pytest.mark.container
 
@@ -209,3 +211,46 @@ def test_f_faults_that_need_a_real_container(tmp_path: Path, previous_set: Path,
         assert stopped_in < 20, f"stopped {stopped_in:.0f} s after SIGTERM: it must stop within seconds"
     if "tmpfs" not in " ".join(fault.docker_args):  # a tmpfs model volume starts empty and goes with the container
         assert snapshot(job / "model") == before
+
+
+SDK_ENV = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_g_pytorch_framework_estimator_runs_a_user_script_that_calls_tsa(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SDK_ENV.items():
+        monkeypatch.setenv(key, value)
+    from sagemaker.pytorch import PyTorch
+
+    from tsa.launch import local_session
+
+    data = make_job(tmp_path / "data", QUICK, rows="train=64,validation=32,calibration=32") / "input/data"
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "user_train.py").write_text(USER_SCRIPT)
+    estimator = PyTorch(entry_point="user_train.py", source_dir=str(source), image_uri=IMAGE,
+                        role="arn:aws:iam::000000000000:role/LocalMode", instance_count=1, instance_type="local",
+                        hyperparameters={"epochs": 1, "tsa": QUICK},  # the SDK JSON-encodes each value
+                        output_path=f"file://{tmp_path / 'out'}", sagemaker_session=local_session(),
+                        disable_profiler=True, debugger_hook_config=False)
+    estimator.fit({name: f"file://{data / name}" for name in ("train", "validation", "calibration")}, logs="All")
+    archive = next((tmp_path / "out").rglob("model.tar.gz"))
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        user_step = json.loads(tar.extractfile("user_step.json").read())  # type: ignore[union-attr]
+        final = json.loads(tar.extractfile("metrics.json").read())["final"]  # type: ignore[union-attr]
+    assert {"model.safetensors", "model.pt", "code/inference.py", "tiny.pt"} <= names
+    assert user_step["validation_auc"] == final["validation"]["auc"]
+
+
+def test_h_a_failing_user_script_gives_the_toolkits_failure_file(tmp_path: Path) -> None:
+    job = script_job(tmp_path, FAILING_SCRIPT)
+    source = tmp_path / "source"
+    hyperparameters = json.loads((job / "input/config/hyperparameters.json").read_text())
+    shutil.copytree(source, job / "code")  # the submit directory inside the mount, as local mode places it
+    hyperparameters["sagemaker_submit_directory"] = "/opt/ml/code"
+    (job / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
+    proc = run_container(job)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (job / "output/failure").read_text().startswith("ExecuteUserScriptError:\nExitCode 3\n")

@@ -36,13 +36,12 @@ import pytest
 
 from tests.conftest import write_job
 from tests.inputs import DATA_HP, GOOD_HP
-from tests.jobs import TINY, Arrays, job_with_train_arrays, make_job, run_job, synthetic_arrays
+from tests.jobs import QUICK, Arrays, job_with_train_arrays, make_job, run_job, synthetic_arrays
 from tsa.data.convert import write_parquet_channel
 from tsa.entrypoint import main_train
 from tsa.training.stop import STOP
 
 KEPT, NEW, STAGED = "kept", "new", "staged"
-QUICK = {**TINY, "max_epoch": "1"}  # the rows that train: one epoch of a tiny model
 MATERIAL_ROWS = "train=64,validation=96,calibration=32"  # validation: three batches
 WORKING_ENTRIES = (".partial", ".previous", ".publishing")
 

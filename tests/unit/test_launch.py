@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -110,3 +111,38 @@ def test_cli_dry_run_validates_a_config_file_and_sends_it_as_written(tmp_path: P
     (tmp_path / "train/more.json").write_text(json.dumps({"weight_decay": "lots"}))
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**ENV, "PATH": ""})
     assert proc.returncode == 2 and "'weight_decay' = 'lots'" in proc.stderr
+
+
+def test_tune_sends_a_tuning_job_on_the_selected_models_auc(aws_env: None, tmp_path: Path) -> None:
+    """`tsa launch --tune` (dry run): the CreateHyperParameterTuningJob request the SDK would send."""
+    hp_file = tmp_path / "hp.json"
+    hp_file.write_text(json.dumps(load_example("eu_single")))
+    image = "123.dkr.ecr.eu-west-1.amazonaws.com/t"
+    proc = subprocess.run([sys.executable, "-m", "tsa", "launch", "--image-uri", image,
+                           "--role", "arn:aws:iam::123456789012:role/S", "--hyperparameters", str(hp_file),
+                           "--channel", "train=s3://b/train/", "--channel", "validation=s3://b/vali/",
+                           "--output-path", "s3://b/out/", "--tune", "hyperparameters/tuning_ranges.json",
+                           "--dry-run"], capture_output=True, text=True, timeout=120, env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    request = json.loads(proc.stdout[proc.stdout.index("{\n"):])  # after the SDK's own notices
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "validation:best_auc"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 2}
+    ranges = config["ParameterRanges"]
+    assert {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]} == {
+        "loss": ["CrossEntropyLoss", "FocalLoss"]}
+    assert {r["Name"] for r in ranges["ContinuousParameterRanges"]} == {"scheduler_maxlr", "dropout"}
+    definition = request["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
+    assert "scheduler_maxlr" not in definition["StaticHyperParameters"]  # tuned, not fixed
+
+
+def test_a_range_the_job_would_refuse_is_refused_before_sending(aws_env: None, tmp_path: Path) -> None:
+    from tsa.errors import JobError
+    from tsa.launch import read_tuning_file
+
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({"ranges": {"dropout": {"type": "continuous", "min": 0.1, "max": 1.5}}}))
+    with pytest.raises(JobError, match=r"range 'dropout' reaches 1.5, which the job refuses: hyperparameter "
+                                       r"'dropout' = 1.5"):
+        read_tuning_file(ranges, load_example("eu_single"))

@@ -83,6 +83,7 @@ def finished_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     model_type, fmt = request.param
     root = make_job(tmp_path_factory.mktemp(f"{model_type}-{fmt}") / "job", {**TINY, "model_type": model_type},
                     fmt=fmt)
+    (root / "output/tensorboard").mkdir(parents=True)  # as SageMaker creates it for a TensorBoardOutputConfig
     proc = run_job(root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root
@@ -91,6 +92,21 @@ def finished_job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def test_model_folder_holds_exactly_the_artifact_set(finished_job: Path) -> None:
     assert files_under(finished_job / "model") == MODEL_FILES
     assert not (finished_job / "output/failure").exists()
+
+
+def test_tensorboard_events_hold_the_epoch_aucs_and_success_is_reported(finished_job: Path) -> None:
+    """Read back with the tensorboard library: the per-epoch AUCs are the ones metrics.json records."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert (finished_job / "output/success").is_file()
+    events = EventAccumulator(str(finished_job / "output/tensorboard"))
+    events.Reload()
+    aucs = [(event.step, event.value) for event in events.Scalars("validation/auc_per_epoch")]
+    recorded = [(epoch["epoch"], epoch["validation_auc"]) for epoch in metrics(finished_job)["epochs"]]
+    assert [step for step, _ in aucs] == [epoch for epoch, _ in recorded]
+    assert np.allclose([v for _, v in aucs], [v for _, v in recorded], rtol=0, atol=1e-6)  # stored as float32
+    assert {"train/step_loss", "train/samples_per_second", "train/learning_rate_per_epoch"} <= \
+        set(events.Tags()["scalars"])
 
 
 def test_output_folder_holds_predictions_and_plots(finished_job: Path) -> None:

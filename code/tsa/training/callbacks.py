@@ -5,7 +5,8 @@
   data position is the data module's state, the loops and selection are Lightning's and the
   system's, the RNG states are this callback's.
 - `MetricLines`: one fixed-format line per epoch and per N steps that SageMaker's metric regexes
-  (`hyperparameters/metric_definitions.json`) and a person can read; no carriage returns.
+  (`hyperparameters/metric_definitions.json`) and a person can read; no carriage returns; the same
+  values as TensorBoard scalars when the job has a TensorBoard folder.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class MetricLines(L.Callback):
         loss = float(pl_module.last_step_loss) / max(len(batch["row"]), 1)
         print(f"METRIC step={step}; epoch={trainer.current_epoch}; step_loss={loss:.6g}; "
               f"samples_per_second={rate:.1f};", flush=True)
+        self._scalars(trainer, {"train/step_loss": loss, "train/samples_per_second": rate}, step)
         self._last_time, self._samples = now, 0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -154,3 +156,13 @@ class MetricLines(L.Callback):
               f"average_validation_loss={r.validation_loss:.6g}; validation_auc={r.validation_auc:.4f}; "
               f"best_validation_auc={pl_module.selection.tracker.best_auc:.4f}; learning_rate={r.learning_rate:.6g};",
               flush=True)
+        self._scalars(trainer, {"train/loss": r.train_loss, "validation/loss": r.validation_loss,
+                                "validation/auc": r.validation_auc,
+                                "validation/best_auc": pl_module.selection.tracker.best_auc,
+                                "train/learning_rate": r.learning_rate}, r.epoch, suffix="_per_epoch")
+
+    @staticmethod
+    def _scalars(trainer: L.Trainer, values: dict[str, float], step: int, suffix: str = "") -> None:
+        """The same values to the TensorBoard logger, when there is one (per step, or per epoch)."""
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({f"{key}{suffix}": value for key, value in values.items()}, step=step)

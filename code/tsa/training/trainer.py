@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
 
@@ -82,7 +83,8 @@ def check_resumable(path: Path, config: JobConfig, rows: dict[str, int]) -> None
                               f"{remedy}, or point checkpoint_dir at the folder of the job that wrote it")
 
 
-def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path) -> L.Trainer:
+def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path,
+                  tensorboard_dir: Path | None = None) -> L.Trainer:
     layout = plan.world
     strategy: Any = "auto"
     if layout.world_size > 1:
@@ -99,7 +101,9 @@ def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback],
         precision=plan.precision,
         max_epochs=config.train.max_epoch,
         callbacks=callbacks,
-        logger=False,
+        # Lightning's TensorBoard logger (tensorboard, else tensorboardX), global rank 0 only; the
+        # scalars are the METRIC lines' (`MetricLines`).
+        logger=TensorBoardLogger(str(tensorboard_dir), name="", version="") if tensorboard_dir else False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -127,7 +131,7 @@ EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
 def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
-        work_dir: Path, trace_dir: Path | None = None) -> TrainingResult:
+        work_dir: Path, trace_dir: Path | None = None, tensorboard_dir: Path | None = None) -> TrainingResult:
     """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
 
     The final scoring is the legacy post-training pass: every rank reloads the best weights and
@@ -145,7 +149,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory)
     stop = StopSignal(config.runtime.stop_check_every_n_steps)
     callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
-    trainer = build_trainer(config, plan, callbacks, work_dir)
+    trainer = build_trainer(config, plan, callbacks, work_dir, tensorboard_dir)
     last = checkpoint_dir / LAST_CHECKPOINT
     resume = last.is_file() and not config.runtime.ignore_checkpoint
     if resume:

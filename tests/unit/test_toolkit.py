@@ -1,0 +1,84 @@
+"""The SageMaker training toolkit in `tsa train`: script mode, the `SM_*` variables, the tuning objective.
+
+Run: .venv/bin/pytest tests/unit/test_toolkit.py   (script-mode jobs are real `tsa train` processes)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_job
+from tests.inputs import GOOD_HP
+from tests.jobs import FAILING_SCRIPT, QUICK, ROWS_SMALL, USER_SCRIPT, make_job, run_job, script_job
+from tsa.config import JobConfig
+from tsa.contract import JobPaths, read_channels, read_resource_config
+
+pytestmark = pytest.mark.slow
+
+def test_script_mode_runs_the_users_entry_point_which_calls_the_tsa_api(tmp_path: Path) -> None:
+    root = script_job(tmp_path, USER_SCRIPT)
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"USER model_dir {root / 'model'} train {root / 'input/data/train'}" in proc.stdout
+    assert "Invoking user script" in proc.stdout + proc.stderr  # the toolkit ran it
+    metrics = json.loads((root / "model/metrics.json").read_text())
+    user_step = json.loads((root / "model/user_step.json").read_text())
+    assert user_step["validation_auc"] == metrics["final"]["validation"]["auc"]
+    assert (root / "model/model.safetensors").is_file() and (root / "output/success").is_file()
+
+
+def test_a_failing_user_script_gets_the_toolkits_failure_file_and_exit_code(tmp_path: Path) -> None:
+    root = script_job(tmp_path, FAILING_SCRIPT)
+    proc = run_job(root)
+    assert proc.returncode == 1  # the toolkit's code for a failed user script (a ClientError)
+    failure = (root / "output/failure").read_text()
+    assert failure.startswith("ExecuteUserScriptError:\nExitCode 3\n")
+    assert not (root / "output/success").exists()
+
+
+def test_script_mode_without_the_config_files_sagemaker_writes_is_refused(tmp_path: Path) -> None:
+    """The toolkit's trainer would fail while writing its failure file and exit 0."""
+    root = script_job(tmp_path, USER_SCRIPT, with_inputdataconfig=False)
+    proc = run_job(root)
+    assert proc.returncode == 2
+    assert (root / "output/failure").read_text().startswith(
+        "script mode ('sagemaker_program' is set) needs inputdataconfig.json in ")
+
+
+def test_sm_variables_are_derived_by_the_toolkit_from_the_validated_contract(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tsa.toolkit import sm_environment
+
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))  # the toolkit reads it at import: keep ours after
+    root = write_job(tmp_path / "opt_ml", GOOD_HP, channels=("train", "vali"),
+                     resourceconfig={"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]})
+    paths = JobPaths(root)
+    variables = sm_environment(paths, read_resource_config(paths), read_channels(paths), GOOD_HP)
+    assert variables["SM_MODEL_DIR"] == str(root / "model")
+    assert variables["SM_OUTPUT_DATA_DIR"] == str(root / "output/data")
+    assert variables["SM_CHANNEL_TRAIN"] == str(root / "input/data/train")
+    assert variables["SM_CHANNEL_VALIDATION"] == str(root / "input/data/vali")  # canonical name, alias folder
+    assert json.loads(variables["SM_HOSTS"]) == ["algo-1", "algo-2"] and variables["SM_CURRENT_HOST"] == "algo-2"
+    assert json.loads(variables["SM_HPS"])["n_cat_features"] == "40"  # as hyperparameters.json holds it
+    assert variables["SM_NUM_GPUS"] == "0"
+
+
+def test_tsa_train_sets_the_sm_variables_for_its_ranks(tmp_path: Path) -> None:
+    root = make_job(tmp_path / "job", QUICK, rows=ROWS_SMALL)
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SM_* environment: " in proc.stdout and f"SM_MODEL_DIR={root / 'model'}" in proc.stdout
+
+
+@pytest.mark.parametrize(("objective", "level"), [("validation:best_auc", logging.INFO),
+                                                  ("validation:f1", logging.WARNING)])
+def test_the_tuning_objective_is_accepted_and_logged(caplog: pytest.LogCaptureFixture, objective: str,
+                                                     level: int) -> None:
+    with caplog.at_level(logging.INFO, logger="tsa.config"):
+        JobConfig.from_hyperparameters({**GOOD_HP, "_tuning_objective_metric": objective})
+    record = next(r for r in caplog.records if "tuning job: objective metric" in r.getMessage())
+    assert objective in record.getMessage() and record.levelno == level
