@@ -15,6 +15,11 @@ resourceconfig}.json` in the chosen launcher encoding, `input/data/<channel>/`, 
 `--hosts N` emulates an N-node job: N job folders `algo-1..N` (process: N processes rendezvous on
 127.0.0.1; docker: N containers named algo-1..N on one internal network). Exit code: the first
 non-zero exit code of a host, else 0.
+
+S3 (boto3, `s3_sync.py`): `--channel train=s3://bucket/prefix/` downloads the channel first (File
+mode); `--checkpoint-s3-uri s3://bucket/ckpt/` syncs each host's `checkpoints/` down before the
+job and up after it, whatever its exit code (a stopped job's `last.ckpt` included), as SageMaker
+does. A local endpoint: `AWS_ENDPOINT_URL_S3=http://127.0.0.1:5000` (e.g. `moto_server`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from s3_sync import sync_down, sync_up
 from tsa.config import JobConfig, typed_hyperparameters
 from tsa.contract import JobPaths, encode_hyperparameters, load_hyperparameters, read_json_object
 
@@ -65,6 +71,17 @@ def write_job_folder(paths: JobPaths, raw_hyperparameters: dict[str, Any], chann
     for folder in (paths.model_dir, paths.output_dir, paths.checkpoint_dir):
         folder.mkdir(parents=True, exist_ok=True)
     return config
+
+
+def download_channel(name: str, source: str, folder: Path) -> Path:
+    """A channel's folder: `source` itself, or its S3 prefix downloaded into `folder/<name>` (File mode)."""
+    if not source.startswith("s3://"):
+        return Path(source)
+    target = folder / name
+    shutil.rmtree(target, ignore_errors=True)
+    count = sync_down(source, target)
+    print(f"channel {name}: {count} object(s) from {source}")
+    return target
 
 
 def synthesize(hyperparameters_file: Path, target: Path, rows: str, fmt: str) -> dict[str, Path]:
@@ -141,8 +158,8 @@ def report(paths: JobPaths) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hyperparameters", type=Path, required=True, help="hyperparameters JSON (any encoding)")
-    parser.add_argument("--channel", action="append", default=[], metavar="NAME=FOLDER",
-                        help="a channel folder (repeatable): train=..., validation=..., calibration=..., test=...")
+    parser.add_argument("--channel", action="append", default=[], metavar="NAME=FOLDER|s3://...",
+                        help="a channel folder or S3 prefix (repeatable): train=..., validation=..., calibration=...")
     parser.add_argument("--synth", action="store_true", help="generate synthetic channels for the config")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help="with --synth: rows per channel")
     parser.add_argument("--format", choices=["npy", "parquet"], default="npy", help="with --synth: file format")
@@ -151,6 +168,7 @@ def main() -> int:
     parser.add_argument("--engine", choices=ENGINES, default="process")
     parser.add_argument("--image", default="tsa-training:local", help="image for the docker/sagemaker engines")
     parser.add_argument("--hosts", type=int, default=1, help="emulated nodes")
+    parser.add_argument("--checkpoint-s3-uri", help="sync checkpoints/ with this S3 prefix (down before, up after)")
     parser.add_argument("--encoding", choices=["str", "json", "v3"], default="str",
                         help="hyperparameter wire encoding (SDK v2 Estimator / framework estimators / SDK v3)")
     args = parser.parse_args()
@@ -159,7 +177,8 @@ def main() -> int:
     if args.fresh and args.job_dir.exists():
         shutil.rmtree(args.job_dir)
     raw = read_json_object(args.hyperparameters, required=True) or {}
-    channels = {name: Path(folder) for name, folder in (item.split("=", 1) for item in args.channel)}
+    channels = {name: download_channel(name, source, args.job_dir / "s3")
+                for name, source in (item.split("=", 1) for item in args.channel)}
     if args.synth:
         data = args.job_dir / "data"
         channels = synthesize(args.hyperparameters, data, args.rows, args.format) if not data.exists() else {
@@ -179,7 +198,14 @@ def main() -> int:
         roots = [args.job_dir / "opt_ml"]
     for root, host in zip(roots, hosts, strict=True):
         write_job_folder(JobPaths(root), raw, channels, args.encoding, host, hosts)
+        if args.checkpoint_s3_uri:  # one prefix for every host, as SageMaker syncs it (rank 0 writes the files)
+            count = sync_down(args.checkpoint_s3_uri, JobPaths(root).checkpoint_dir)
+            print(f"checkpoints: {count} file(s) from {args.checkpoint_s3_uri} into {JobPaths(root).checkpoint_dir}")
     code = run_processes(roots) if args.engine == "process" else run_containers(roots, args.image)
+    if args.checkpoint_s3_uri:
+        for root in roots:
+            count = sync_up(JobPaths(root).checkpoint_dir, args.checkpoint_s3_uri)
+            print(f"checkpoints: {count} file(s) from {JobPaths(root).checkpoint_dir} to {args.checkpoint_s3_uri}")
     report(JobPaths(roots[0]))
     print(f"done in {time.monotonic() - start:.0f} s (exit code {code})")
     return code

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +115,44 @@ def job_with_train_arrays(root: Path, arrays: Arrays, fmt: str, hyperparameters:
     write_channel(root / "input/data/train", arrays, fmt)
     write_channel(root / "input/data/validation", synthetic_arrays(hyperparameters), fmt)
     return root
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+    """A real local S3 endpoint (moto's server) with `bucket`; yields the environment that points boto3 at it."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "moto server did not start"
+                time.sleep(0.2)
+        s3_client(env).create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def upload_folder(env: dict[str, str], folder: Path, bucket: str, prefix: str) -> None:
+    s3 = s3_client(env)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}{path.relative_to(folder)}")

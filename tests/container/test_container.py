@@ -27,7 +27,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs import FAILING_SCRIPT, QUICK, TINY, USER_SCRIPT, make_job, metrics, run_job, script_job
+from tests.jobs import (
+    FAILING_SCRIPT,
+    QUICK,
+    TINY,
+    USER_SCRIPT,
+    make_job,
+    metrics,
+    moto_s3,
+    run_job,
+    script_job,
+    upload_folder,
+)
 
 pytestmark = pytest.mark.container
 
@@ -254,3 +265,33 @@ def test_h_a_failing_user_script_gives_the_toolkits_failure_file(tmp_path: Path)
     proc = run_container(job)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (job / "output/failure").read_text().startswith("ExecuteUserScriptError:\nExitCode 3\n")
+
+
+def test_i_local_mode_reads_s3_channels_and_resumes_from_s3_checkpoints_after_docker_stop(tmp_path: Path) -> None:
+    """A spot interruption rehearsed: `docker stop` -> last.ckpt synced up; a fresh folder resumes from it."""
+    hp = {**TINY, "batch_size": "8", "max_epoch": "2", "log_every_n_steps": "5"}
+    data = make_job(tmp_path / "data", hp, rows="train=2000,validation=100,calibration=50") / "input/data"
+    hp_file = data.parents[1] / "input/config/hyperparameters.json"
+    with moto_s3("tsa-spot") as env:
+        upload_folder(env, data, "tsa-spot", "data/")
+        args = [sys.executable, "local_mode/run.py", "--hyperparameters", str(hp_file), "--engine", "docker",
+                "--image", IMAGE, "--checkpoint-s3-uri", "s3://tsa-spot/ckpt/",
+                *[f"--channel={name}=s3://tsa-spot/data/{name}/" for name in ("train", "validation", "calibration")]]
+        first = subprocess.Popen([*args, "--job-dir", str(tmp_path / "first")], cwd=REPO, env={**os.environ, **env},
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        name = f"algo-1-{first.pid}"
+        deadline = time.monotonic() + 180
+        while "METRIC step=" not in docker("logs", name).stdout:
+            assert time.monotonic() < deadline and first.poll() is None, docker("logs", name).stdout[-2000:]
+            time.sleep(0.5)
+        docker("stop", "-t", "120", name, check=True)
+        out, _ = first.communicate(timeout=120)
+        assert first.returncode == 143, out[-3000:]
+        assert "checkpoints: 1 file(s) from" in out  # last.ckpt of the stopped run (no epoch finished yet)
+        second = subprocess.run([*args, "--job-dir", str(tmp_path / "second")], cwd=REPO, env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=600)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "checkpoints: 1 file(s) from s3://tsa-spot/ckpt/" in log
+    assert "resuming from /opt/ml/checkpoints/last.ckpt" in log
+    assert len(metrics(tmp_path / "second/opt_ml")["epochs"]) == 2
