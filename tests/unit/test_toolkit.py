@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +87,32 @@ def test_the_tuning_objective_is_accepted_and_logged(caplog: pytest.LogCaptureFi
         JobConfig.from_hyperparameters({**GOOD_HP, "_tuning_objective_metric": objective})
     record = next(r for r in caplog.records if "tuning job: objective metric" in r.getMessage())
     assert objective in record.getMessage() and record.levelno == level
+
+
+SIGTERM_SCRIPT = '''
+import os, signal, sys, time
+def stop(signum, frame):
+    open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "got_sigterm"), "w").close()
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("USER waiting", flush=True)
+time.sleep(120)
+'''
+
+
+def test_script_mode_forwards_sigterm_to_the_users_script(tmp_path: Path) -> None:
+    """`tsa` is PID 1 in the container; the toolkit's trainer does not pass SIGTERM on."""
+    root = script_job(tmp_path, SIGTERM_SCRIPT)
+    (root / "output/data").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "USER waiting" in line:
+            break
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert (root / "output/data/got_sigterm").is_file()
+    assert proc.returncode != 0
