@@ -4,10 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# SDK v3 cannot share an environment with v2 (v3 has no Estimator): its tests run in their own venv.
+VENV_V3 := .venv-v3
+STAMP_V3 := $(VENV_V3)/.installed
 
-.PHONY: install run test test-container lint schema clean bench bench-data gpu-check gpu-wheels mkl-path bench-runs
+.PHONY: install install-v3 run test test-container lint schema clean bench bench-data gpu-check gpu-wheels mkl-path bench-runs
 
 install: $(STAMP)
+
+install-v3: $(STAMP_V3)
+
+$(STAMP_V3): pyproject.toml
+	$(PYTHON) -m venv $(VENV_V3)
+	$(VENV_V3)/bin/pip install --quiet torch==2.13.0
+	$(VENV_V3)/bin/pip install --quiet torch==2.13.0 -e '.[sdk-v3]'
+	touch $(STAMP_V3)
 
 # torch is pinned and installed first so nothing can pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -20,13 +31,15 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python local_mode/run.py --hyperparameters hyperparameters/smoke.json --synth --job-dir runs/smoke --fresh
 
-test: install
+test: install install-v3
 	$(BIN)/pytest -n 2 --dist loadgroup tests/unit tests/equivalence $(PYTEST_ARGS)
+	$(VENV_V3)/bin/pytest -m "not container" tests/sdk_v3 $(PYTEST_ARGS)
 
 # Builds the local image (installing and starting a Docker engine if needed), then runs the image for real.
-test-container: install
+test-container: install install-v3
 	docker/build.sh local
 	$(BIN)/pytest -m container tests/container -v $(PYTEST_ARGS)
+	$(VENV_V3)/bin/pytest -m container tests/sdk_v3 -v $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check code tests local_mode bench
@@ -69,7 +82,7 @@ mkl-path:
 	cc -shared -fPIC -O2 -DMKL_PATH_INTEL=0 -o .build/libmkl_path_generic.so tests/equivalence/mkl_path.c
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .build
+	rm -rf $(VENV) $(VENV_V3) .pytest_cache .ruff_cache .build
 
 # Container image (docker/README.md). `image` builds the local CPU test image tsa-training:local offline;
 # docker-up/docker-down start/stop a private Docker engine if the machine has none running.

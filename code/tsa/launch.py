@@ -1,16 +1,18 @@
-"""`tsa launch`: start this image as a SageMaker training job (SDK v2 `Estimator`).
+"""`tsa launch`: start this image as a SageMaker training job (SDK v3 `ModelTrainer` or v2 `Estimator`).
 
     tsa launch --image-uri 123.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1 --role arn:aws:iam::...:role/x \\
         --instance-type ml.g5.48xlarge --instance-count 2 --hyperparameters hyperparameters/na_dual.json \\
         --channel train=s3://bucket/na/train/ --channel validation=s3://bucket/na/vali/ \\
         --output-path s3://bucket/out/ --spot --max-wait 432000 --checkpoint-s3-uri s3://bucket/ckpt/ [--dry-run]
 
-Needs the optional extra `pip install 'tsa-training[launch]'` (`sagemaker>=2.257,<3`: SDK v3 has no
-`Estimator`); it is never installed in the training image. The generic `Estimator` sends each
-hyperparameter as `str(value)` (`True`, `0.0005`, `OrderFeature`), which the job decodes by field
-type; the metric definitions are the shipped `hyperparameters/metric_definitions.json`. Spot
-training sets `max_wait` and `checkpoint_s3_uri` (SageMaker syncs it with /opt/ml/checkpoints,
-where the job resumes from). `--dry-run` prints the CreateTrainingJob request and sends nothing.
+Needs the optional extra `pip install 'tsa-training[launch]'` (`sagemaker>=2.257,<3`), or SDK v3
+(`sagemaker>=3`, the `[sdk-v3]` extra): `launch` uses v3's `ModelTrainer` when v3 is installed (the
+two cannot share an environment: v3 has no `Estimator`); neither is installed in the training image.
+The generic `Estimator` sends each hyperparameter as `str(value)` (`True`, `0.0005`,
+`OrderFeature`), v3 its JSON (`true`), which the job decodes by field type; the metric
+definitions are the shipped `hyperparameters/metric_definitions.json`. Spot training sets
+`max_wait` and `checkpoint_s3_uri` (SageMaker syncs it with /opt/ml/checkpoints, where the job
+resumes from). `--dry-run` prints the CreateTrainingJob request and sends nothing.
 """
 
 from __future__ import annotations
@@ -203,11 +205,84 @@ def build_tuner(estimator: Any, tuning: TuningSpec) -> Any:
                                max_jobs=tuning.max_jobs, max_parallel_jobs=tuning.max_parallel_jobs)
 
 
+def sdk_major_version() -> int:
+    """The installed SageMaker Python SDK's major version (2: `Estimator`, 3: `ModelTrainer`)."""
+    from importlib.metadata import version
+
+    return int(version("sagemaker").split(".")[0])
+
+
+def build_model_trainer(spec: LaunchSpec, session: Any = None) -> Any:
+    """The SDK v3 `ModelTrainer` for `spec`: the same job as `build_estimator` (nothing sent until `.train`)."""
+    from sagemaker.core.shapes import MetricDefinition
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import CheckpointConfig, Compute, OutputDataConfig, StoppingCondition
+
+    trainer = ModelTrainer(
+        training_image=spec.image_uri, role=spec.role, base_job_name=spec.base_job_name,
+        compute=Compute(instance_type=spec.instance_type, instance_count=spec.instance_count,
+                        volume_size_in_gb=spec.volume_size, enable_managed_spot_training=spec.spot or None),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=spec.max_run,
+                                             max_wait_time_in_seconds=(spec.max_wait or spec.max_run) if spec.spot
+                                             else None),
+        output_data_config=OutputDataConfig(s3_output_path=spec.output_path) if spec.output_path else None,
+        checkpoint_config=CheckpointConfig(s3_uri=spec.checkpoint_s3_uri) if spec.checkpoint_s3_uri else None,
+        training_input_mode=spec.input_mode, hyperparameters=spec.hyperparameters,
+        environment=spec.environment or {}, sagemaker_session=session,
+    )
+    return trainer.with_metric_definitions([MetricDefinition(name=d["Name"], regex=d["Regex"])
+                                            for d in metric_definitions()])
+
+
+def v3_channels(spec: LaunchSpec) -> list[Any]:
+    from sagemaker.core.shapes import Channel, DataSource, S3DataSource
+
+    return [Channel(channel_name=name, input_mode=spec.input_mode, data_source=DataSource(s3_data_source=S3DataSource(
+        s3_data_type="S3Prefix", s3_uri=uri,
+        s3_data_distribution_type="ShardedByS3Key" if name in spec.sharded_channels else "FullyReplicated")))
+        for name, uri in spec.channels.items()]
+
+
+def dry_run_session_v3(region: str) -> tuple[Any, list[dict[str, Any]]]:
+    """As `dry_run_session`, for SDK v3: its boto session answers CreateTrainingJob and the describe after it.
+
+    Role validation (IAM policy simulation over the network) is switched off for the dry run only.
+    """
+    import datetime
+
+    import boto3
+    from sagemaker.core.helper.session_helper import Session
+
+    os.environ["SAGEMAKER_VALIDATE_ROLE"] = "false"
+    captured: list[dict[str, Any]] = []
+    boto = boto3.Session(region_name=region)
+    ok = SimpleNamespace(status_code=200, headers={})
+    arn = f"arn:aws:sagemaker:{region}:000000000000:training-job/dry-run"
+    boto.events.register("before-parameter-build.sagemaker.CreateTrainingJob",
+                         lambda params, **_: captured.append(dict(params)))
+    boto.events.register("before-call.sagemaker.CreateTrainingJob", lambda **_: (ok, {"TrainingJobArn": arn}))
+    boto.events.register("before-call.sagemaker.DescribeTrainingJob", lambda **_: (ok, {
+        **captured[-1], "TrainingJobArn": arn, "TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting",
+        "CreationTime": datetime.datetime.now(datetime.UTC)}))
+    bucket = "dry-run-bucket"  # the SDK names a default bucket; a dry run never creates it
+    return Session(boto_session=boto, default_bucket=bucket), captured
+
+
 def launch(spec: LaunchSpec, region: str | None = None, dry_run: bool = False,
            tuning: TuningSpec | None = None) -> dict[str, Any] | str:
-    """Start the job or tuning job (returns its name), or with `dry_run` return the request it would send."""
-    session, captured = (dry_run_session(region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")) if dry_run
-                         else (None, []))
+    """Start the job or tuning job (returns its name), or with `dry_run` return the request it would send.
+
+    SDK v3 (`ModelTrainer`) when it is installed, else v2 (`Estimator`); tuning uses v2's tuner.
+    """
+    region = region or os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    if sdk_major_version() >= 3:
+        if tuning is not None:
+            raise JobError("--tune uses SDK v2's HyperparameterTuner: install 'sagemaker>=2.257,<3' for it")
+        session, captured = dry_run_session_v3(region) if dry_run else (None, [])
+        trainer = build_model_trainer(spec, session)
+        trainer.train(input_data_config=v3_channels(spec), wait=False, logs=False)
+        return captured[0] if dry_run else str(trainer._latest_training_job.training_job_name)
+    session, captured = dry_run_session(region) if dry_run else (None, [])
     estimator = build_estimator(spec, session)
     if tuning is not None:
         tuner = build_tuner(estimator, tuning)

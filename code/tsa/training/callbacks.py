@@ -106,7 +106,7 @@ class SpotCheckpoint(L.Callback):
         try:
             if trainer.is_global_zero:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state (a resume needs it all)
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
         except OSError as exc:  # disk full, read-only: the environment's; the previous last.ckpt is kept

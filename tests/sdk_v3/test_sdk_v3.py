@@ -1,0 +1,109 @@
+"""SDK v3 (`sagemaker>=3`, `ModelTrainer`): `tsa launch`'s request offline, and local-container jobs of the image.
+
+Run: make test-sdk-v3 (offline request) and make test-container (the `container` cases), both in
+`.venv-v3`: SDK v3 and v2 cannot share one environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import load_example
+from tests.jobs import QUICK, USER_SCRIPT, make_job
+from tsa.config import JobConfig, typed_hyperparameters
+from tsa.contract import metric_definitions
+from tsa.launch import LaunchSpec, launch, sdk_major_version
+
+IMAGE = os.environ.get("TSA_IMAGE", "tsa-training:local")
+AWS = {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_EC2_METADATA_DISABLED": "true",
+       "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}  # a dead port: any request that escaped would fail
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sdk_major_version() >= 3, "run these in .venv-v3 (make test-sdk-v3)"
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "true")  # the dry run itself turns it off
+
+
+def request_for(example: str, **overrides: Any) -> dict[str, Any]:
+    spec = LaunchSpec(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1",
+                      role="arn:aws:iam::123456789012:role/SageMaker",
+                      hyperparameters=typed_hyperparameters(load_example(example)),
+                      channels={"train": "s3://bucket/train/", "validation": "s3://bucket/vali/"},
+                      output_path="s3://bucket/output/", **overrides)
+    result = launch(spec, dry_run=True)
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.parametrize("example", ["eu_single", "na_dual"])
+def test_v3_request_carries_the_job_the_container_decodes(example: str) -> None:
+    request = request_for(example)
+    wire = request["HyperParameters"]
+    assert all(isinstance(v, str) for v in wire.values()) and wire["use_amp"] == "true"  # v3's JSON encoding
+    assert JobConfig.from_hyperparameters(wire) == JobConfig.from_hyperparameters(load_example(example))
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
+    assert "ContainerEntrypoint" not in request["AlgorithmSpecification"]  # the image's own `train`
+
+
+def test_v3_spot_sharding_and_checkpoints() -> None:
+    request = request_for("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
+                          instance_count=2, sharded_channels=["train"])
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 432_000, "MaxWaitTimeInSeconds": 500_000}
+    assert request["CheckpointConfig"]["S3Uri"] == "s3://bucket/ckpt/"
+    assert request["ResourceConfig"]["InstanceCount"] == 2
+    distribution = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3DataDistributionType"]
+                    for c in request["InputDataConfig"]}
+    assert distribution == {"train": "ShardedByS3Key", "validation": "FullyReplicated"}
+
+
+def local_trainer(tmp_path: Path, hyperparameters: dict[str, Any], source_code: Any = None) -> Any:
+    from sagemaker.core.local.local_session import LocalSession
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.configs import Compute
+    from sagemaker.train.model_trainer import Mode
+
+    os.environ["AWS_ACCESS_KEY_ID"] = os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    (tmp_path / "root").mkdir()
+    return ModelTrainer(training_image=IMAGE, role="arn:aws:iam::000000000000:role/LocalMode",
+                        training_mode=Mode.LOCAL_CONTAINER,
+                        compute=Compute(instance_type="local_cpu", instance_count=1),
+                        hyperparameters=hyperparameters, source_code=source_code, sagemaker_session=LocalSession(),
+                        local_container_root=str(tmp_path / "root"), base_job_name="tsa-v3")
+
+
+def train_locally(tmp_path: Path, trainer: Any) -> dict[str, Any]:
+    from sagemaker.train.configs import InputData
+
+    data = make_job(tmp_path / "data", QUICK, rows="train=64,validation=32,calibration=32") / "input/data"
+    trainer.train(input_data_config=[InputData(channel_name=name, data_source=str(data / name))
+                                     for name in ("train", "validation", "calibration")], wait=True)
+    return json.loads((tmp_path / "root/model/metrics.json").read_text())
+
+
+@pytest.mark.container
+def test_v3_model_trainer_runs_the_image_job(tmp_path: Path) -> None:
+    metrics = train_locally(tmp_path, local_trainer(tmp_path, dict(QUICK)))
+    assert len(metrics["epochs"]) == 1 and (tmp_path / "root/model/model.safetensors").is_file()
+
+
+@pytest.mark.container
+def test_v3_model_trainer_with_source_code_runs_a_user_script_that_calls_tsa(tmp_path: Path) -> None:
+    from sagemaker.train.configs import SourceCode
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "user_train.py").write_text(USER_SCRIPT)
+    trainer = local_trainer(tmp_path, {"epochs": 1, "tsa": dict(QUICK)},
+                            SourceCode(source_dir=str(source), entry_script="user_train.py"))
+    metrics = train_locally(tmp_path, trainer)
+    user_step = json.loads((tmp_path / "root/model/user_step.json").read_text())
+    assert user_step["validation_auc"] == metrics["final"]["validation"]["auc"]
