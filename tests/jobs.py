@@ -62,6 +62,20 @@ def script_job(tmp_path: Path, script: str, *, with_inputdataconfig: bool = True
     return root
 
 
+def artifact_names(test_name: str) -> set[str]:
+    """A complete set's files (`tsa.artifacts`), for the job's `test_name`."""
+    return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "model.pt",
+            "code/inference.py", "code/rules.py", "metrics.json", "score_file.csv", "tag_file.csv",
+            "cali_score_file.csv", "cali_tag_file.csv", "percentile_score.pkl", "percentile_score.json"}
+
+
+def predictions(root: Path, split: str) -> dict[str, float]:
+    """The job's prediction file: id -> score."""
+    lines = (root / f"output/data/predictions_{split}.csv").read_text().splitlines()
+    assert lines[0] == "id,label,score"
+    return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,7 +10,8 @@ So the model folder holds the previous complete set or the new one.
 `/opt/ml/model` (-> model.tar.gz):
 - `model.safetensors` (project keys) and `config.json` (resolved config + versions);
 - `<test_name>.pt`: the legacy-keyed state dict the legacy packaging and handler load;
-- `model.pt` (TorchScript) + `code/inference.py` for the SageMaker PyTorch inference toolkit;
+- `model.pt` (TorchScript) + `code/inference.py` and `code/rules.py` for the SageMaker PyTorch inference
+  toolkit;
 - `metrics.json`: every epoch, the best epoch, final metrics per split;
 - legacy downstream files, always (not only on early stop, Q22): `score_file.csv` /
   `tag_file.csv` (validation P(fraud) and labels, no header), `cali_score_file.csv` /
@@ -64,12 +65,15 @@ def percentile_map(scores: np.ndarray) -> list[list[float]]:
             for k in range(PERCENTILE_STEPS)]
 
 
+SERVING_FILES = ("inference.py", "rules.py")
+
+
 def write_serving(model: nn.Module, folder: Path) -> None:
-    """`model.pt` (TorchScript, CPU, eval) and `code/inference.py`."""
+    """`model.pt` (TorchScript, CPU, eval), `code/inference.py` and `code/rules.py`."""
     write_torch(torch.jit.script(model.cpu().eval()), folder / "model.pt")
     (folder / "code").mkdir(exist_ok=True)
-    handler = resources.files("tsa.serving").joinpath("inference.py").read_text()
-    (folder / "code" / "inference.py").write_text(handler)
+    for name in SERVING_FILES:  # the handler and the input rules it shares with training
+        (folder / "code" / name).write_text(resources.files("tsa.serving").joinpath(name).read_text())
 
 
 def write_metrics(folder: Path, result: TrainingResult, final: dict[str, dict[str, float]]) -> None:

@@ -36,7 +36,7 @@ import pytest
 
 from tests.conftest import write_job
 from tests.inputs import DATA_HP, GOOD_HP
-from tests.jobs import QUICK, Arrays, job_with_train_arrays, make_job, run_job, synthetic_arrays
+from tests.jobs import QUICK, Arrays, artifact_names, job_with_train_arrays, make_job, run_job, synthetic_arrays
 from tsa.data.convert import write_parquet_channel
 from tsa.entrypoint import main_train
 from tsa.training.stop import STOP
@@ -598,13 +598,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         return {}
     return {str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def artifact_names(test_name: str) -> set[str]:
-    """A complete set's files (`tsa.artifacts`), for the job's `test_name`."""
-    return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "model.pt",
-            "code/inference.py", "metrics.json", "score_file.csv", "tag_file.csv", "cali_score_file.csv",
-            "cali_tag_file.csv", "percentile_score.pkl", "percentile_score.json"}
 
 
 @pytest.fixture(scope="module")

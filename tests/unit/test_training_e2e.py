@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import HYPERPARAMETERS_DIR
-from tests.jobs import TINY, free_port, make_job, metrics, run_job
+from tests.jobs import TINY, artifact_names, free_port, make_job, metrics, predictions, run_job
 from tsa.contract import JobPaths
 from tsa.data.convert import read_npy_arrays
 from tsa.entrypoint import load_job_config
@@ -33,9 +33,7 @@ from tsa.weights import load_weights
 
 pytestmark = pytest.mark.slow
 
-MODEL_FILES = {"model.safetensors", "config.json", "tiny.pt", "model.pt", "code/inference.py", "metrics.json",
-               "score_file.csv", "tag_file.csv", "cali_score_file.csv", "cali_tag_file.csv", "percentile_score.pkl",
-               "percentile_score.json", "tiny.pt.png"}
+MODEL_FILES = artifact_names("tiny")
 OUTPUT_FILES = {"predictions_validation.csv", "predictions_calibration.csv", "roc_pr_validation.png",
                 "roc_pr_calibration.png", "loss_curves.png"}
 
@@ -64,12 +62,6 @@ def instances(root: Path, rows: list[int]) -> str:
         rows = list(range(len(rows)))
     names = [n for n in arrays if n != "Y"]
     return json.dumps({"instances": [{n: np.asarray(arrays[n][r]).tolist() for n in names} for r in rows]})
-
-
-def predicted_scores(root: Path, split: str) -> dict[str, float]:
-    lines = (root / f"output/data/predictions_{split}.csv").read_text().splitlines()
-    assert lines[0] == "id,label,score"
-    return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
 
 
 JOB_KINDS = [pytest.param((model_type, fmt), id=f"{model_type}-{fmt}",
@@ -111,7 +103,7 @@ def test_tensorboard_events_hold_the_epoch_aucs_and_success_is_reported(finished
 
 def test_output_folder_holds_predictions_and_plots(finished_job: Path) -> None:
     assert OUTPUT_FILES <= files_under(finished_job / "output/data")
-    assert len(predicted_scores(finished_job, "validation")) == 160
+    assert len(predictions(finished_job, "validation")) == 160
 
 
 def test_metrics_record_every_epoch_and_the_final_scores(finished_job: Path) -> None:
@@ -133,10 +125,11 @@ def test_serving_code_scores_from_the_artifacts_alone_as_the_job_did(finished_jo
     handler = load_handler(model_dir)
     served = handler.model_fn(str(model_dir))
     rows = [0, 3, 7]
-    body = handler.output_fn(handler.predict_fn(handler.input_fn(instances(finished_job, rows), "application/json"),
-                                                served), "application/json")
+    body, kind = handler.output_fn(handler.predict_fn(handler.input_fn(instances(finished_job, rows),
+                                                                       "application/json"), served), "application/json")
+    assert kind == "application/json"
     scores = [p["score"] for p in json.loads(body)["predictions"]]
-    expected = predicted_scores(finished_job, "validation")
+    expected = predictions(finished_job, "validation")
     keys = [str(r) for r in rows]  # npy: ids are row numbers; synth Parquet writes ids "0".."N-1"
     np.testing.assert_allclose(scores, [expected[k] for k in keys], rtol=1e-5, atol=1e-6)
 
@@ -174,7 +167,7 @@ def test_two_processes_on_one_host_match_single_process_evaluation(tmp_path: Pat
     best = result["epochs"][result["best_epoch"]]
     # The final scoring is a single process over the best weights: same AUC as the DDP validation.
     assert result["final"]["validation"]["auc"] == round(best["validation_auc"], 4)
-    assert len(predicted_scores(root, "validation")) == 160
+    assert len(predictions(root, "validation")) == 160
 
 
 def test_two_hosts_train_together_and_only_rank_zero_writes(tmp_path: Path) -> None:
@@ -276,10 +269,10 @@ def test_evaluation_order_is_the_legacy_sampler_order_unless_fixed(tmp_path: Pat
 
     # Score files: line i is the i-th evaluated example (legacy: the final pass's sampler order).
     final_order = sampler_order(len(epochs))
-    by_row = predicted_scores(legacy, "validation")
+    by_row = predictions(legacy, "validation")
     np.testing.assert_allclose(score_lines(legacy / "model/score_file.csv"),
                                [by_row[str(r)] for r in final_order], rtol=0, atol=1e-9)
-    fixed_by_row = predicted_scores(fixed, "validation")
+    fixed_by_row = predictions(fixed, "validation")
     np.testing.assert_allclose(score_lines(fixed / "model/score_file.csv"),
                                [fixed_by_row[str(r)] for r in range(n_validation)], rtol=0, atol=1e-9)
     # Numeric (MoE routes across the batch, and a partial last batch weighs the mean of batch means).

@@ -21,14 +21,12 @@ from tsa.config import ModelConfig
 from tsa.data.channels import ChannelSource
 from tsa.data.schema import array_specs, max_category_id
 from tsa.errors import DataError
+from tsa.serving.rules import first_violation
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 4096
 
-
-# exp(dt / 1e6) is finite in float32 up to dt = 88.7e6 s; the legacy preprocessing clips at 1e7 (Q13).
-MAX_TIME_TO_LAST = 8.8e7
 
 
 def _where(source: ChannelSource, name: str, column: str | None = None) -> str:
@@ -63,57 +61,13 @@ def check_structure(source: ChannelSource, cfg: ModelConfig) -> None:
             raise DataError(f"{_where(source, spec.name)}: dtype {dtype}, expected {wanted}")
 
 
-def _first_bad(mask: np.ndarray) -> int | None:
-    """Index of the first example (axis 0) where `mask` is True anywhere."""
-    per_example = mask.reshape(mask.shape[0], -1).any(axis=1) if mask.ndim > 1 else mask
-    hits = np.flatnonzero(per_example)
-    return int(hits[0]) if hits.size else None
-
-
 def _check_chunk(source: ChannelSource, cfg: ModelConfig, start: int, arrays: dict[str, np.ndarray]) -> None:
     largest_id = max_category_id(cfg)
     for name, values in arrays.items():
-        if values.dtype.kind == "f":
-            bad = _first_bad(~np.isfinite(values))
-            if bad is not None:
-                raise DataError(f"{_where(source, name)}: example {start + bad} holds NaN or Inf; "
-                                "allowed are finite numbers")
-        if name.endswith("X_seq_cat"):
-            bad = _first_bad((values < 0) | (values > largest_id))
-            if bad is not None:
-                found = values[bad][(values[bad] < 0) | (values[bad] > largest_id)].flat[0]
-                raise DataError(
-                    f"{_where(source, name)}: example {start + bad} has categorical id {found}: allowed "
-                    f"0..{largest_id} (n_embedding - n_num_features; 0 = padding/unknown)"
-                )
-        if name.endswith("X_seq_num"):
-            _check_sequence_columns(source, name, start, values)
-        if name == "Y":
-            bad = _first_bad((values < 0) | (values >= cfg.n_classes))
-            if bad is not None:
-                raise DataError(f"{_where(source, name)}: example {start + bad} has label {values[bad]}: "
-                                f"allowed are 0..{cfg.n_classes - 1}")
-
-
-def _check_sequence_columns(source: ChannelSource, name: str, start: int, values: np.ndarray) -> None:
-    time_to_last, not_padded = values[..., -2], values[..., -1]
-    bad = _first_bad((not_padded != 0) & (not_padded != 1))
-    if bad is not None:
-        raise DataError(f"{_where(source, name, 'not_padded (last)')}: example {start + bad} has a value "
-                        "other than 0 or 1: allowed are 0 (padded row) and 1 (real row)")
-    bad = _first_bad(not_padded[:, -1] != 1)
-    if bad is not None:
-        raise DataError(f"{_where(source, name, 'not_padded (last)')}: example {start + bad} has a padded last "
-                        "row: the last row is the current order and must be real (1); sequences are left-padded")
-    bad = _first_bad(time_to_last < 0)
-    if bad is not None:
-        raise DataError(f"{_where(source, name, 'time_to_last (second to last)')}: example {start + bad} is "
-                        "negative: allowed are seconds >= 0 (current time minus the order's time)")
-    bad = _first_bad(time_to_last > MAX_TIME_TO_LAST)
-    if bad is not None:
-        raise DataError(f"{_where(source, name, 'time_to_last (second to last)')}: example {start + bad} exceeds "
-                        f"{MAX_TIME_TO_LAST:.1e} s: the time factor exp(dt/1e6) overflows float32 beyond it; "
-                        "clip it (the legacy preprocessing sets 1e7)")
+        violation = first_violation(name, values, largest_id, cfg.n_classes)
+        if violation is not None:
+            bad, column, text = violation
+            raise DataError(f"{_where(source, name, column)}: example {start + bad} {text}")
 
 
 def validate_channel(source: ChannelSource, cfg: ModelConfig) -> int:

@@ -1,17 +1,33 @@
 """SageMaker PyTorch inference handler for a tsa-training model (copied to `model/code/inference.py`).
 
-Needs only torch and numpy (it runs in the SageMaker PyTorch inference container, without the
-tsa package): `model_fn` loads the TorchScript `model.pt`, `input_fn` reads JSON
-`{"instances": [{"X_seq_cat": [[...]], "X_seq_num": [[...]], "X_num": [...]}, ...]}` with the
-legacy per-example arrays (dual model: `cid_X_seq_cat`, `cid_X_seq_num`, `ccid_X_seq_cat`,
-`ccid_X_seq_num`, `X_num`), `predict_fn` builds the forward arguments exactly as training did
-and returns P(fraud) = softmax(scores)[:, -1] plus its calibration percentile, and `output_fn`
-writes `{"predictions": [{"score": ..., "score_percentile": ...}]}`.
+Needs only torch and numpy, and `rules.py` beside it (copied with it): it runs in the SageMaker
+PyTorch inference container without the tsa package.
+
+- `model_fn` loads the TorchScript `model.pt` (on the GPU when there is one), the saved model
+  config and the calibration percentile map.
+- `input_fn` reads `application/json` (`{"instances": [{...}, ...]}`) or `application/jsonlines`
+  (one instance object per line, as batch transform sends); media-type parameters such as
+  `charset=utf-8` are accepted. An instance holds the legacy per-example arrays (`X_seq_cat`,
+  `X_seq_num`, `X_num`; dual model: `cid_*`, `ccid_*`, `X_num`).
+- `predict_fn` checks every instance as training checks a channel (the arrays the model reads,
+  nothing else; per-instance shapes of the saved config, `seq_len` included; integral ids in range;
+  finite values; the `not_padded` and `time_to_last` rules of `rules.py`), builds the forward
+  arguments exactly as training did, and returns P(fraud) = softmax(scores)[:, -1] and its
+  calibration percentile.
+- `output_fn` answers `application/json` (`{"predictions": [{"score": p, "score_percentile": q}]}`)
+  or `application/jsonlines`, chosen from the Accept header (lists, q-values, `*/*`); always
+  finite JSON.
+
+A client error is raised as the toolkit's `GenericInferenceToolkitError` (when the toolkit is
+importable), which it answers with that status: 400 for a malformed request (the message names
+the instance, the array and the rule), 415 for an unsupported content type, 406 for an
+unsupported Accept. Anything else is the toolkit's 500.
 """
 
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import json
 import os
 from typing import Any
@@ -21,10 +37,76 @@ import torch
 import torch.nn.functional as F
 
 JSON = "application/json"
+JSONLINES = "application/jsonlines"
+INPUT_TYPES = (JSON, JSONLINES)
+OUTPUT_TYPES = (JSON, JSONLINES)
+SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
+
+try:
+    from sagemaker_inference.errors import GenericInferenceToolkitError as _ToolkitError
+except ImportError:  # outside the toolkit (tests, `tsa serve`)
+    _ToolkitError = None
+
+
+class RequestError(Exception):
+    """A client error with its HTTP status (the toolkit's error type when it is importable)."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def request_error(status_code: int, message: str) -> Exception:
+    if _ToolkitError is not None:
+        return _ToolkitError(status_code, message)
+    return RequestError(status_code, message)
+
+
+def _load_rules() -> Any:
+    """`rules.py` from this file's folder (model/code/ or the tsa package), loaded by path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules.py")
+    spec = importlib.util.spec_from_file_location("tsa_serving_rules", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+RULES = _load_rules()
+
+
+def media_type(header: str | None, default: str = JSON) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return (header or default).split(";")[0].strip().lower() or default
+
+
+def choose_output(accept: str | None) -> str:
+    """The response type for an Accept header: the highest-q type we can write, `*/*` meaning JSON."""
+    options = []
+    for position, part in enumerate((accept or JSON).split(",")):
+        fields = part.split(";")
+        quality = 1.0
+        for parameter in fields[1:]:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        options.append((-quality, position, fields[0].strip().lower()))
+    for negative_quality, _, kind in sorted(options):
+        if negative_quality >= 0:
+            continue
+        if kind in OUTPUT_TYPES:
+            return kind
+        if kind in ("*/*", "application/*"):
+            return JSON
+    raise request_error(406, f"Accept {accept!r}: this endpoint answers {' or '.join(OUTPUT_TYPES)}")
 
 
 def model_fn(model_dir: str) -> dict[str, Any]:
-    model = torch.jit.load(os.path.join(model_dir, "model.pt"), map_location="cpu").eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = torch.jit.load(os.path.join(model_dir, "model.pt"), map_location=device).eval()
     with open(os.path.join(model_dir, "config.json")) as handle:
         config = json.load(handle)["model"]
     percentiles = []
@@ -32,41 +114,119 @@ def model_fn(model_dir: str) -> dict[str, Any]:
     if os.path.exists(path):
         with open(path) as handle:
             percentiles = json.load(handle)
-    return {"model": model, "config": config, "percentiles": percentiles}
+    return {"model": model, "config": config, "percentiles": percentiles, "device": device}
 
 
-def input_fn(body: bytes | str, content_type: str = JSON) -> dict[str, np.ndarray]:
-    if content_type != JSON:
-        raise ValueError(f"content type {content_type!r} is not supported: send {JSON}")
-    instances = json.loads(body)["instances"]
-    return {name: np.asarray([instance[name] for instance in instances]) for name in instances[0]}
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise request_error(400, f"{where} is not valid JSON ({exc})") from exc
 
 
-def _sequence(cat: np.ndarray, num: np.ndarray, use_time: bool) -> tuple[torch.Tensor, ...]:
+def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]]:
+    """The request's instances (checked against the model in `predict_fn`)."""
+    kind = media_type(content_type)
+    if kind not in INPUT_TYPES:
+        raise request_error(415, f"content type {content_type!r} is not supported: send {' or '.join(INPUT_TYPES)}")
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+    except UnicodeDecodeError as exc:
+        raise request_error(400, f"the body is not UTF-8 text ({exc})") from exc
+    if kind == JSON:
+        payload = _parse_json(text, "the body")
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list):
+            raise request_error(400, 'the body must be a JSON object {"instances": [...]}')
+    else:
+        instances = [_parse_json(line, f"line {number}") for number, line in enumerate(text.splitlines(), 1)
+                     if line.strip()]
+    if not instances:
+        raise request_error(400, "the request holds no instances: send at least one")
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise request_error(400, f"instance {index} is {type(instance).__name__}: expected an object of arrays")
+    return instances
+
+
+def expected_arrays(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Array name -> (per-instance shape, holds ids) of the model's inputs."""
+    length, nc, nn = config["seq_len"], config["n_cat_features"], config["n_num_features"]
+    arrays = {}
+    for prefix in SEQUENCE_PREFIXES[config["model_type"]]:
+        arrays[f"{prefix}X_seq_cat"] = ((length, nc), True)
+        arrays[f"{prefix}X_seq_num"] = ((length, nn + 2), False)
+    if config["n_engineered_num_features"] > 0:
+        arrays["X_num"] = ((config["n_engineered_num_features"],), False)
+    return arrays
+
+
+def _array(instance: dict[str, Any], index: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        values = np.asarray(instance[name], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise request_error(400, f"instance {index} array '{name}': not an array of numbers of shape {shape} "
+                                 f"({exc})") from exc
+    if values.shape != shape:
+        raise request_error(400, f"instance {index} array '{name}': shape {values.shape}, expected {shape}")
+    return values
+
+
+def validate_instances(instances: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Stacked arrays of valid instances; the first problem as a 400 naming instance, array and rule."""
+    expected = expected_arrays(config)
+    for index, instance in enumerate(instances):
+        missing = sorted(set(expected) - set(instance))
+        unknown = sorted(set(instance) - set(expected))
+        if missing or unknown:
+            raise request_error(400, f"instance {index}: missing arrays {missing}, unknown arrays {unknown}; the "
+                                     f"{config['model_type']} model reads {sorted(expected)}")
+    largest_id = config["n_embedding"] - config["n_num_features"]
+    data = {}
+    for name, (shape, ids) in expected.items():
+        values = np.stack([_array(instance, index, name, shape) for index, instance in enumerate(instances)])
+        if ids:
+            finite = np.isfinite(values)
+            bad = RULES.first_bad(~finite | (np.where(finite, values, 0) != np.round(np.where(finite, values, 0))))
+            if bad is not None:
+                raise request_error(400, f"instance {bad} array '{name}': categorical ids must be integers")
+            values = values.astype(np.int64)
+        violation = RULES.first_violation(name, values, largest_id, config.get("n_classes", 2))
+        if violation is not None:
+            bad, column, text = violation
+            where = f"array '{name}'" + (f" column {column}" if column else "")
+            raise request_error(400, f"instance {bad} {where}: {text}")
+        data[name] = values
+    return data
+
+
+def _sequence(cat: np.ndarray, num: np.ndarray, use_time: bool, device: torch.device) -> tuple[Any, ...]:
     seq_num = torch.as_tensor(num, dtype=torch.float64)
     not_padded = seq_num[..., -1].float()
-    key_padding_mask = torch.logical_not(F.pad(not_padded, (0, 1), value=True))
-    time = seq_num[..., -2:-1].float() if use_time else None
-    return torch.as_tensor(cat).float(), seq_num[..., :-2].float(), time, key_padding_mask
+    key_padding_mask = torch.logical_not(F.pad(not_padded, (0, 1), value=True)).to(device)
+    time = seq_num[..., -2:-1].float().to(device) if use_time else None
+    return torch.as_tensor(cat).float().to(device), seq_num[..., :-2].float().to(device), time, key_padding_mask
 
 
-def _forward_arguments(data: dict[str, np.ndarray], config: dict[str, Any]) -> list[Any]:
+def _forward_arguments(data: dict[str, np.ndarray], config: dict[str, Any], device: torch.device) -> list[Any]:
     use_time = bool(config["use_time_seq"])
     engineered = None
     if config["n_engineered_num_features"] > 0:
-        engineered = torch.as_tensor(data["X_num"], dtype=torch.float64)
+        engineered = torch.as_tensor(data["X_num"], dtype=torch.float64).to(device)
     if config["model_type"] == "single":
-        cat, num, time, kpm = _sequence(data["X_seq_cat"], data["X_seq_num"], use_time)
+        cat, num, time, kpm = _sequence(data["X_seq_cat"], data["X_seq_num"], use_time, device)
         return [cat, num, engineered, time, None, kpm]
-    cid = _sequence(data["cid_X_seq_cat"], data["cid_X_seq_num"], use_time)
-    ccid = _sequence(data["ccid_X_seq_cat"], data["ccid_X_seq_num"], use_time)
+    cid = _sequence(data["cid_X_seq_cat"], data["cid_X_seq_num"], use_time, device)
+    ccid = _sequence(data["ccid_X_seq_cat"], data["ccid_X_seq_num"], use_time, device)
     return [cid[0], cid[1], cid[2], ccid[0], ccid[1], ccid[2], engineered, None, cid[3], ccid[3]]
 
 
-def predict_fn(data: dict[str, np.ndarray], model: dict[str, Any]) -> list[dict[str, float]]:
+def predict_fn(instances: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, float]]:
+    data = validate_instances(instances, model["config"])
+    device = model.get("device", torch.device("cpu"))
     with torch.no_grad():
-        scores, _ = model["model"](*_forward_arguments(data, model["config"]))
-    probabilities = torch.softmax(scores.double(), dim=-1)[:, -1].tolist()
+        scores, _ = model["model"](*_forward_arguments(data, model["config"], device))
+    probabilities = torch.softmax(scores.double(), dim=-1)[:, -1].cpu().tolist()
     thresholds = [entry[0] for entry in model["percentiles"]]
     results = []
     for p in probabilities:
@@ -78,7 +238,9 @@ def predict_fn(data: dict[str, np.ndarray], model: dict[str, Any]) -> list[dict[
     return results
 
 
-def output_fn(prediction: list[dict[str, float]], accept: str = JSON) -> str:
-    if accept not in (JSON, "*/*"):
-        raise ValueError(f"accept type {accept!r} is not supported: ask for {JSON}")
-    return json.dumps({"predictions": prediction})
+def output_fn(prediction: list[dict[str, float]], accept: str = JSON) -> tuple[str, str]:
+    """(body, content type); `allow_nan=False`: a non-finite score is an error (500), never invalid JSON."""
+    kind = choose_output(accept)
+    if kind == JSONLINES:
+        return "".join(json.dumps(p, allow_nan=False) + "\n" for p in prediction), kind
+    return json.dumps({"predictions": prediction}, allow_nan=False), kind

@@ -1,0 +1,171 @@
+"""The inference handler (`model/code/inference.py`): strict requests, HTTP statuses, content negotiation.
+
+Run: .venv/bin/pytest tests/unit/test_serving.py   (the handler as a trained job wrote it, loaded by path)
+
+Every malformed request of the table is answered with its 4xx status and a message that names
+the problem; no malformed request is ever scored.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.jobs import QUICK, make_job, predictions, run_job
+from tsa.data.convert import read_npy_arrays
+
+pytestmark = pytest.mark.slow
+
+JSON, JSONLINES = "application/json", "application/jsonlines"
+
+
+def load_handler(model_dir: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("served_inference", model_dir / "code/inference.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.fixture(scope="module", params=["single", "dual"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = make_job(tmp_path_factory.mktemp(request.param) / "job", {**QUICK, "model_type": request.param},
+                    rows="train=64,validation=32,calibration=32")
+    proc = run_job(root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    handler = load_handler(root / "model")
+    arrays = read_npy_arrays(root / "input/data/validation")
+    instances = [{name: np.asarray(values[row]).tolist() for name, values in arrays.items() if name != "Y"}
+                 for row in range(len(arrays["Y"]))]
+    return {"handler": handler, "model": handler.model_fn(str(root / "model")), "instances": instances,
+            "expected": predictions(root, "validation"), "kind": request.param}
+
+
+def score(served: dict[str, Any], body: str | bytes, content_type: str = JSON, accept: str = JSON) -> tuple[str, str]:
+    handler = served["handler"]
+    return handler.output_fn(handler.predict_fn(handler.input_fn(body, content_type), served["model"]), accept)
+
+
+def test_scores_equal_the_jobs_predictions(served: dict[str, Any]) -> None:
+    body, kind = score(served, json.dumps({"instances": served["instances"]}))
+    scores = [p["score"] for p in json.loads(body)["predictions"]]
+    assert kind == JSON and len(scores) == 32
+    np.testing.assert_allclose(scores, [served["expected"][str(row)] for row in range(32)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("content_type", "accept", "answer"), [
+    ("application/json; charset=utf-8", "application/json, text/plain", JSON),
+    ("Application/JSON", "*/*", JSON),
+    (JSON, "text/html;q=0.9, application/jsonlines;q=0.8, application/json;q=0.1", JSONLINES),
+    (JSONLINES, "application/*", JSON),
+    (JSONLINES + "; charset=utf-8", None, JSON),
+])
+def test_content_negotiation(served: dict[str, Any], content_type: str, accept: str | None, answer: str) -> None:
+    rows = served["instances"][:3]
+    body = "\n".join(json.dumps(r) for r in rows) if content_type.lower().startswith(JSONLINES) else \
+        json.dumps({"instances": rows})
+    text, kind = score(served, body, content_type, accept)
+    assert kind == answer
+    lines = [json.loads(line) for line in text.splitlines()] if kind == JSONLINES else json.loads(text)["predictions"]
+    np.testing.assert_allclose([p["score"] for p in lines], [served["expected"][str(r)] for r in range(3)],
+                               rtol=0, atol=1e-6)
+
+
+def changed(change: Callable[[dict[str, Any]], None], row: int = 0) -> Callable[[list[dict[str, Any]]], str]:
+    """A JSON body of two good instances with `change` applied to instance `row`."""
+    def body(instances: list[dict[str, Any]]) -> str:
+        batch = copy.deepcopy(instances[:2])
+        change(batch[row])
+        return json.dumps({"instances": batch})
+    return body
+
+
+def seq(kind: str) -> str:
+    return "X_seq_cat" if kind == "single" else "cid_X_seq_cat"
+
+
+def num(kind: str) -> str:
+    return "X_seq_num" if kind == "single" else "ccid_X_seq_num"
+
+
+def setting(array: Callable[[str], str], index: tuple[int, ...], value: Any) -> Callable[[str], Callable]:
+    def for_kind(kind: str) -> Callable[[dict[str, Any]], None]:
+        def change(instance: dict[str, Any]) -> None:
+            target = instance[array(kind)]
+            for i in index[:-1]:
+                target = target[i]
+            target[index[-1]] = value
+        return change
+    return for_kind
+
+
+Case = tuple[str, Callable[[str], Any], str, str, int, str]
+# (id, body for a model kind (a function of the good instances, or fixed text), content type, accept, status,
+#  text the message holds)
+MALFORMED: list[Case] = [
+    ("bad_json", lambda k: "{", JSON, JSON, 400, "the body is not valid JSON"),
+    ("not_an_object", lambda k: "[1, 2]", JSON, JSON, 400, 'the body must be a JSON object {"instances": [...]}'),
+    ("no_instances_key", lambda k: '{"rows": []}', JSON, JSON, 400, 'the body must be a JSON object'),
+    ("empty_instances", lambda k: '{"instances": []}', JSON, JSON, 400, "the request holds no instances"),
+    ("empty_jsonlines", lambda k: "\n\n", JSONLINES, JSON, 400, "the request holds no instances"),
+    ("bad_jsonlines_line", lambda k: lambda i: json.dumps(i[0]) + "\n{", JSONLINES, JSON, 400,
+     "line 2 is not valid JSON"),
+    ("instance_not_an_object", lambda k: '{"instances": [1]}', JSON, JSON, 400, "instance 0 is int"),
+    ("not_utf8", lambda k: b'{"instances": "\xff"}', JSON, JSON, 400, "the body is not UTF-8 text"),
+    ("missing_array", lambda k: changed(lambda i: i.pop("X_num")), JSON, JSON, 400, "missing arrays ['X_num']"),
+    ("unknown_array", lambda k: changed(lambda i: i.update(Y=1)), JSON, JSON, 400, "unknown arrays ['Y']"),
+    ("sequence_too_short", lambda k: changed(lambda i: i[seq(k)].pop(0)), JSON, JSON, 400,
+     "shape (7, 32), expected (8, 32)"),
+    ("sequence_too_long", lambda k: changed(lambda i: i[seq(k)].append(i[seq(k)][0])), JSON, JSON, 400,
+     "shape (9, 32), expected (8, 32)"),
+    ("row_too_narrow", lambda k: changed(lambda i: [r.pop() for r in i[num(k)]]), JSON, JSON, 400,
+     "shape (8, 33), expected (8, 34)"),
+    ("ragged_rows", lambda k: changed(lambda i: i[seq(k)][3].pop()), JSON, JSON, 400, "not an array of numbers"),
+    ("strings", lambda k: changed(lambda i: i.update(X_num=["a", "b", "c"])), JSON, JSON, 400,
+     "instance 0 array 'X_num': not an array of numbers"),
+    ("null_array", lambda k: changed(lambda i: i.update(X_num=None)), JSON, JSON, 400,
+     "instance 0 array 'X_num': shape (), expected (3,)"),
+    ("nan_engineered", lambda k: changed(lambda i: i["X_num"].__setitem__(1, float("nan"))), JSON, JSON, 400,
+     "instance 0 array 'X_num': holds NaN or Inf"),
+    ("inf_in_sequence", lambda k: changed(setting(num, (2, 0), float("inf"))(k)), JSON, JSON, 400,
+     "holds NaN or Inf"),
+    ("fractional_id", lambda k: changed(setting(seq, (7, 0), 1.5)(k)), JSON, JSON, 400,
+     "categorical ids must be integers"),
+    ("id_too_large", lambda k: changed(setting(seq, (7, 0), 999)(k)), JSON, JSON, 400,
+     "has categorical id 999: allowed 0..160"),
+    ("negative_id", lambda k: changed(setting(seq, (7, 1), -1)(k), row=1), JSON, JSON, 400,
+     "instance 1 array"),
+    ("not_padded_not_binary", lambda k: changed(setting(num, (3, -1), 0.5)(k)), JSON, JSON, 400,
+     "column not_padded (last): has a value other than 0 or 1"),
+    ("padded_current_row", lambda k: changed(setting(num, (7, -1), 0.0)(k)), JSON, JSON, 400,
+     "has a padded last row"),
+    ("negative_time", lambda k: changed(setting(num, (2, -2), -1.0)(k)), JSON, JSON, 400,
+     "column time_to_last (second to last): is negative"),
+    ("time_overflows", lambda k: changed(setting(num, (2, -2), 1e30)(k)), JSON, JSON, 400, "exceeds 8.8e+07 s"),
+    ("unsupported_content_type", lambda k: "a,b", "text/csv", JSON, 415, "content type 'text/csv' is not supported"),
+    ("unsupported_accept", lambda k: changed(lambda i: None), JSON, "text/csv", 406, "Accept 'text/csv'"),
+    ("accept_refusing_everything", lambda k: changed(lambda i: None), JSON, "application/json;q=0", 406, "Accept"),
+]
+
+
+@pytest.mark.parametrize(("make", "content_type", "accept", "status", "message"), [c[1:] for c in MALFORMED],
+                         ids=[c[0] for c in MALFORMED])
+def test_a_malformed_request_is_a_client_error_that_names_the_problem(
+        served: dict[str, Any], make: Callable[[str], Any], content_type: str, accept: str, status: int,
+        message: str) -> None:
+    body = make(served["kind"])
+    if callable(body):
+        body = body(served["instances"])
+    if served["kind"] == "dual":  # the dual model's arrays carry prefixes
+        message = message.replace("'X_seq_cat'", "'cid_X_seq_cat'")
+    with pytest.raises(served["handler"].RequestError) as raised:
+        score(served, body, content_type, accept)
+    assert raised.value.status_code == status
+    assert message in raised.value.message
+
