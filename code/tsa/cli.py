@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--base-dir", type=Path, help="job folder instead of /opt/ml / $SAGEMAKER_BASE_DIR")
     train.set_defaults(handler=_cmd_train)
 
+    serve = commands.add_parser("serve", help="the SageMaker hosting endpoint: /ping, /invocations on port 8080")
+    serve.add_argument("--model-dir", help="default $SM_MODEL_DIR or /opt/ml/model")
+    serve.add_argument("--port", type=int, help="default $SAGEMAKER_BIND_TO_PORT or 8080")
+    serve.set_defaults(handler=_cmd_serve)
+
     validate = commands.add_parser("validate", help="validate a job folder or a hyperparameters JSON file")
     validate.add_argument("target", nargs="?", type=Path, help="job folder (with input/config) or JSON file")
     validate.set_defaults(handler=_cmd_validate)
@@ -173,6 +178,14 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
         parquet_to_npy(args.source, args.target, args.split or args.target.name, args.data_version or "v0")
     print(f"wrote {args.target}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tsa.entrypoint import configure_logging
+    from tsa.serving.server import serve
+
+    configure_logging()
+    return serve(model_dir=args.model_dir, port=args.port)
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     instances = [{name: np.asarray(values[row]).tolist() for name, values in arrays.items() if name != "Y"}
                  for row in range(len(arrays["Y"]))]
     return {"handler": handler, "model": handler.model_fn(str(root / "model")), "instances": instances,
+            "model_dir": str(root / "model"),
             "expected": predictions(root, "validation"), "kind": request.param}
 
 
@@ -169,3 +170,75 @@ def test_a_malformed_request_is_a_client_error_that_names_the_problem(
     assert raised.value.status_code == status
     assert message in raised.value.message
 
+
+
+@pytest.fixture(scope="module")
+def client(served: dict[str, Any]) -> Any:
+    """`tsa serve`'s WSGI application, in process (Werkzeug's test client)."""
+    from werkzeug.test import Client
+
+    from tsa.serving.server import make_app
+
+    return Client(make_app(served["model_dir"], max_request_bytes=2**20))
+
+
+def test_the_endpoint_answers_ping_and_scores_as_the_job_did(served: dict[str, Any], client: Any) -> None:
+    assert client.get("/ping").status_code == 200
+    response = client.post("/invocations", data=json.dumps({"instances": served["instances"]}),
+                           headers={"Content-Type": "application/json; charset=utf-8", "Accept": "*/*"})
+    assert response.status_code == 200 and response.mimetype == JSON
+    scores = [p["score"] for p in response.get_json()["predictions"]]
+    np.testing.assert_allclose(scores, [served["expected"][str(row)] for row in range(32)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "status", "message"), [
+    ("/invocations", "{", {"Content-Type": JSON}, 400, "the body is not valid JSON"),
+    ("/invocations", "a,b", {"Content-Type": "text/csv"}, 415, "content type 'text/csv'"),
+    ("/invocations", '{"instances": []}', {"Content-Type": JSON, "Accept": "text/csv"}, 400, "no instances"),
+    ("/invocations", "x" * (2**20 + 1), {"Content-Type": JSON}, 413, "larger than 1.0 MiB"),
+    ("/elsewhere", "", {}, 404, "serves GET /ping and POST /invocations"),
+])
+def test_the_endpoint_answers_client_errors_with_their_status(client: Any, path: str, body: str,
+                                                              headers: dict[str, str], status: int,
+                                                              message: str) -> None:
+    response = client.post(path, data=body, headers=headers)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+def test_tsa_serve_over_real_http_then_sigterm(served: dict[str, Any]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.jobs import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "serve", "--model-dir", served["model_dir"], "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
+                    assert ping.status == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and proc.poll() is None, "tsa serve did not start"
+                time.sleep(0.3)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"instances": served["instances"][:5]}).encode(),
+                                         headers={"Content-Type": JSON})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            scores = [p["score"] for p in json.loads(response.read())["predictions"]]
+        np.testing.assert_allclose(scores, [served["expected"][str(r)] for r in range(5)], rtol=0, atol=1e-6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM: finishing the requests in flight" in out
