@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VENV_V3 := .venv-v3
 STAMP_V3 := $(VENV_V3)/.installed
 
-.PHONY: install install-v3 run test test-container lint schema clean bench bench-data gpu-check gpu-wheels mkl-path bench-runs
+.PHONY: install install-v3 run test test-container lint schema clean bench bench-serving bench-data gpu-check gpu-wheels mkl-path bench-runs
 
 install: $(STAMP)
 
@@ -55,6 +55,9 @@ schema: install
 bench: install
 	$(BIN)/python bench/model_step.py
 	$(BIN)/python bench/data_loading.py --skip-memory
+
+bench-serving: install run
+	$(BIN)/python bench/serving.py
 
 bench-data: install
 	$(BIN)/python bench/data_loading.py

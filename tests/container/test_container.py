@@ -32,9 +32,11 @@ from tests.jobs import (
     QUICK,
     TINY,
     USER_SCRIPT,
+    free_port,
     make_job,
     metrics,
     moto_s3,
+    predictions,
     run_job,
     script_job,
     upload_folder,
@@ -295,3 +297,43 @@ def test_i_local_mode_reads_s3_channels_and_resumes_from_s3_checkpoints_after_do
     assert "checkpoints: 1 file(s) from s3://tsa-spot/ckpt/" in log
     assert "resuming from /opt/ml/checkpoints/last.ckpt" in log
     assert len(metrics(tmp_path / "second/opt_ml")["epochs"]) == 2
+
+
+def test_j_the_image_serves_its_model_and_stops_cleanly(tmp_path: Path) -> None:
+    """`docker run IMAGE serve`, as SageMaker hosting runs it: /ping, /invocations, then `docker stop`."""
+    import urllib.request
+
+    from tsa.data.convert import read_npy_arrays
+
+    job = make_job(tmp_path / "job", QUICK, rows="train=64,validation=32,calibration=32")
+    assert run_job(job).returncode == 0
+    arrays = read_npy_arrays(job / "input/data/validation")
+    instances = [{n: v[r].tolist() for n, v in arrays.items() if n != "Y"} for r in range(8)]
+    port = free_port()
+    name = f"tsa-serve-{os.getpid()}"
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{job / 'model'}:/opt/ml/model:ro",
+           IMAGE, "serve", check=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
+                    assert ping.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, docker("logs", name).stdout[-2000:]
+                time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"instances": instances}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            scores = [p["score"] for p in json.loads(response.read())["predictions"]]
+        started = time.monotonic()
+        docker("stop", "-t", "30", name, check=True)
+        stopped_in = time.monotonic() - started
+        state = json.loads(docker("inspect", name, check=True).stdout)[0]["State"]
+    finally:
+        docker("rm", "-f", name)
+    expected = predictions(job, "validation")
+    assert max(abs(s - expected[str(r)]) for r, s in enumerate(scores)) <= 1e-6
+    assert state["ExitCode"] == 0 and stopped_in < 25
