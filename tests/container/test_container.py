@@ -10,7 +10,9 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     -> model.tar.gz; (f) the fault catalogue's rows that need real permissions, a real volume or
     a real signal (the rest are in `tests/unit/test_catalogue.py`); (g) script mode: the SDK v2
     `PyTorch` framework estimator with an `entry_point` (local mode) runs a user script that calls
-    `tsa.api.train`; (h) a failing user script -> the toolkit's failure file and exit code.
+    `tsa.api.train`; (h) a failing user script -> the toolkit's failure file and exit code; (i) local
+    mode with S3 channels and checkpoints (moto server), resumed after `docker stop`; (j) `docker run
+    IMAGE serve`: /ping, /invocations equal to the job's predictions, a clean `docker stop`.
 """
 
 from __future__ import annotations
