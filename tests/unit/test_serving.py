@@ -3,7 +3,9 @@
 Run: .venv/bin/pytest tests/unit/test_serving.py   (the handler as a trained job wrote it, loaded by path)
 
 Every malformed request of the table is answered with its 4xx status and a message that names
-the problem; no malformed request is ever scored.
+the problem; no malformed request is ever scored. The same handler is also driven through the real
+SageMaker PyTorch inference toolkit (`sagemaker-pytorch-inference`: its handler service, module
+loading and error mapping), and `tsa serve` in process and over real HTTP.
 """
 
 from __future__ import annotations
@@ -242,3 +244,74 @@ def test_tsa_serve_over_real_http_then_sigterm(served: dict[str, Any]) -> None:
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-2000:]
     assert "SIGTERM: finishing the requests in flight" in out
+
+
+class TorchServeContext:
+    """The per-request context TorchServe's frontend gives a handler service (TorchServe itself needs Java).
+
+    Only its interface is stood in for: the toolkit's own handler service, transformer, module
+    loading and error mapping all run for real.
+    """
+
+    class RequestProcessor:
+        def __init__(self, headers: dict[str, str]) -> None:
+            self.headers = headers
+
+        def get_request_properties(self) -> dict[str, str]:
+            return self.headers
+
+    def __init__(self, model_dir: str, headers: dict[str, str]) -> None:
+        self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+        self.request_processor = [self.RequestProcessor(headers)]
+        self.model_name = "model"
+        self.status: tuple[int, str] | None = None
+        self.content_type: str | None = None
+
+    def set_response_status(self, code: int, phrase: str) -> None:
+        self.status = (code, phrase)
+
+    def set_response_content_type(self, index: int, value: str) -> None:
+        self.content_type = value
+
+
+@pytest.fixture
+def toolkit_service(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The SageMaker PyTorch inference toolkit's handler service over the job's model folder."""
+    import sys
+
+    from sagemaker_pytorch_serving_container.handler_service import HandlerService
+
+    monkeypatch.syspath_prepend(str(Path(served["model_dir"]) / "code"))  # as the toolkit's server start does
+    monkeypatch.delitem(sys.modules, "inference", raising=False)
+    service = HandlerService()
+    service.initialize(TorchServeContext(served["model_dir"], {}))
+    return service
+
+
+def toolkit_request(service: Any, served: dict[str, Any], body: bytes, headers: dict[str, str]) -> Any:
+    context = TorchServeContext(served["model_dir"], headers)
+    response = service.handle([{"body": body}], context)
+    return response, context
+
+
+def test_the_toolkit_loads_the_handler_and_scores_as_the_job_did(served: dict[str, Any], toolkit_service: Any) -> None:
+    body = json.dumps({"instances": served["instances"]}).encode()
+    response, context = toolkit_request(toolkit_service, served, body,
+                                        {"Content-Type": "application/json; charset=utf-8", "Accept": "*/*"})
+    assert context.status is None and context.content_type == JSON
+    scores = [p["score"] for p in json.loads(response[0])["predictions"]]
+    np.testing.assert_allclose(scores, [served["expected"][str(row)] for row in range(32)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "message"), [
+    (b"{", {"Content-Type": JSON}, 400, "the body is not valid JSON"),
+    (b"a,b", {"Content-Type": "text/csv"}, 415, "content type 'text/csv'"),
+    (b'{"instances": [{"X_num": [1, 2, 3]}]}', {"Content-Type": JSON}, 400, "instance 0: missing arrays"),
+    (b'{"instances": [1]}', {"Content-Type": JSON, "Accept": "text/csv"}, 400, "instance 0 is int"),
+])
+def test_the_toolkit_answers_client_errors_with_their_status(served: dict[str, Any], toolkit_service: Any,
+                                                             body: bytes, headers: dict[str, str], status: int,
+                                                             message: str) -> None:
+    response, context = toolkit_request(toolkit_service, served, body, headers)
+    assert context.status is not None and context.status[0] == status
+    assert message in context.status[1] and "predictions" not in response[0]

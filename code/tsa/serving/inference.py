@@ -18,8 +18,8 @@ PyTorch inference container without the tsa package.
   or `application/jsonlines`, chosen from the Accept header (lists, q-values, `*/*`); always
   finite JSON.
 
-A client error is raised as the toolkit's `GenericInferenceToolkitError` (when the toolkit is
-importable), which it answers with that status: 400 for a malformed request (the message names
+A client error is a `RequestError`, a subclass of the toolkit's `GenericInferenceToolkitError`
+when the toolkit is importable, which it answers with that status: 400 for a malformed request (the message names
 the instance, the array and the rule), 415 for an unsupported content type, 406 for an
 unsupported Accept. Anything else is the toolkit's 500.
 """
@@ -42,25 +42,22 @@ INPUT_TYPES = (JSON, JSONLINES)
 OUTPUT_TYPES = (JSON, JSONLINES)
 SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
 
-try:
-    from sagemaker_inference.errors import GenericInferenceToolkitError as _ToolkitError
-except ImportError:  # outside the toolkit (tests, `tsa serve`)
-    _ToolkitError = None
+try:  # inside the SageMaker inference toolkit: its error type, which it answers with the status
+    from sagemaker_inference.errors import GenericInferenceToolkitError as _ErrorBase
+except ImportError:  # outside it (tests, `tsa serve`)
+    _ErrorBase = Exception
 
 
-class RequestError(Exception):
-    """A client error with its HTTP status (the toolkit's error type when it is importable)."""
+class RequestError(_ErrorBase):  # type: ignore[misc, valid-type]
+    """A client error with its HTTP status; the toolkit's `GenericInferenceToolkitError` when importable."""
 
     def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
+        if _ErrorBase is Exception:
+            super().__init__(message)
+        else:
+            super().__init__(status_code, message)
         self.status_code = status_code
         self.message = message
-
-
-def request_error(status_code: int, message: str) -> Exception:
-    if _ToolkitError is not None:
-        return _ToolkitError(status_code, message)
-    return RequestError(status_code, message)
 
 
 def _load_rules() -> Any:
@@ -101,7 +98,7 @@ def choose_output(accept: str | None) -> str:
             return kind
         if kind in ("*/*", "application/*"):
             return JSON
-    raise request_error(406, f"Accept {accept!r}: this endpoint answers {' or '.join(OUTPUT_TYPES)}")
+    raise RequestError(406, f"Accept {accept!r}: this endpoint answers {' or '.join(OUTPUT_TYPES)}")
 
 
 def model_fn(model_dir: str) -> dict[str, Any]:
@@ -121,31 +118,31 @@ def _parse_json(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise request_error(400, f"{where} is not valid JSON ({exc})") from exc
+        raise RequestError(400, f"{where} is not valid JSON ({exc})") from exc
 
 
 def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]]:
     """The request's instances (checked against the model in `predict_fn`)."""
     kind = media_type(content_type)
     if kind not in INPUT_TYPES:
-        raise request_error(415, f"content type {content_type!r} is not supported: send {' or '.join(INPUT_TYPES)}")
+        raise RequestError(415, f"content type {content_type!r} is not supported: send {' or '.join(INPUT_TYPES)}")
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
     except UnicodeDecodeError as exc:
-        raise request_error(400, f"the body is not UTF-8 text ({exc})") from exc
+        raise RequestError(400, f"the body is not UTF-8 text ({exc})") from exc
     if kind == JSON:
         payload = _parse_json(text, "the body")
         instances = payload.get("instances") if isinstance(payload, dict) else None
         if not isinstance(instances, list):
-            raise request_error(400, 'the body must be a JSON object {"instances": [...]}')
+            raise RequestError(400, 'the body must be a JSON object {"instances": [...]}')
     else:
         instances = [_parse_json(line, f"line {number}") for number, line in enumerate(text.splitlines(), 1)
                      if line.strip()]
     if not instances:
-        raise request_error(400, "the request holds no instances: send at least one")
+        raise RequestError(400, "the request holds no instances: send at least one")
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict):
-            raise request_error(400, f"instance {index} is {type(instance).__name__}: expected an object of arrays")
+            raise RequestError(400, f"instance {index} is {type(instance).__name__}: expected an object of arrays")
     return instances
 
 
@@ -165,10 +162,10 @@ def _array(instance: dict[str, Any], index: int, name: str, shape: tuple[int, ..
     try:
         values = np.asarray(instance[name], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise request_error(400, f"instance {index} array '{name}': not an array of numbers of shape {shape} "
-                                 f"({exc})") from exc
+        raise RequestError(400, f"instance {index} array '{name}': not an array of numbers of shape {shape} "
+                                f"({exc})") from exc
     if values.shape != shape:
-        raise request_error(400, f"instance {index} array '{name}': shape {values.shape}, expected {shape}")
+        raise RequestError(400, f"instance {index} array '{name}': shape {values.shape}, expected {shape}")
     return values
 
 
@@ -179,8 +176,8 @@ def validate_instances(instances: list[dict[str, Any]], config: dict[str, Any]) 
         missing = sorted(set(expected) - set(instance))
         unknown = sorted(set(instance) - set(expected))
         if missing or unknown:
-            raise request_error(400, f"instance {index}: missing arrays {missing}, unknown arrays {unknown}; the "
-                                     f"{config['model_type']} model reads {sorted(expected)}")
+            raise RequestError(400, f"instance {index}: missing arrays {missing}, unknown arrays {unknown}; the "
+                                    f"{config['model_type']} model reads {sorted(expected)}")
     largest_id = config["n_embedding"] - config["n_num_features"]
     data = {}
     for name, (shape, ids) in expected.items():
@@ -189,13 +186,13 @@ def validate_instances(instances: list[dict[str, Any]], config: dict[str, Any]) 
             finite = np.isfinite(values)
             bad = RULES.first_bad(~finite | (np.where(finite, values, 0) != np.round(np.where(finite, values, 0))))
             if bad is not None:
-                raise request_error(400, f"instance {bad} array '{name}': categorical ids must be integers")
+                raise RequestError(400, f"instance {bad} array '{name}': categorical ids must be integers")
             values = values.astype(np.int64)
         violation = RULES.first_violation(name, values, largest_id, config.get("n_classes", 2))
         if violation is not None:
             bad, column, text = violation
             where = f"array '{name}'" + (f" column {column}" if column else "")
-            raise request_error(400, f"instance {bad} {where}: {text}")
+            raise RequestError(400, f"instance {bad} {where}: {text}")
         data[name] = values
     return data
 
