@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,47 @@ def predictions(root: Path, split: str) -> dict[str, float]:
     lines = (root / f"output/data/predictions_{split}.csv").read_text().splitlines()
     assert lines[0] == "id,label,score"
     return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
+
+
+def dry_run_request(example: str, **overrides: Any) -> dict[str, Any]:
+    """The CreateTrainingJob request `tsa launch --dry-run` builds for a shipped example (either SDK)."""
+    from tests.conftest import load_example
+    from tsa.config import typed_hyperparameters
+    from tsa.launch import LaunchSpec, launch
+
+    spec = LaunchSpec(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1",
+                      role="arn:aws:iam::123456789012:role/SageMaker",
+                      hyperparameters=typed_hyperparameters(load_example(example)),
+                      channels={"train": "s3://bucket/train/", "validation": "s3://bucket/vali/"},
+                      output_path="s3://bucket/output/", **overrides)
+    result = launch(spec, dry_run=True)
+    assert isinstance(result, dict)
+    return result
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> SHA-1 of every file under `folder` (a file itself: its own digest under '')."""
+    if folder.is_file():
+        return {"": hashlib.sha1(folder.read_bytes()).hexdigest()}
+    if not folder.is_dir():
+        return {}
+    return {str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def wait_until_serving(port: int, timeout_s: float, alive: Callable[[], bool], describe: Callable[[], str]) -> None:
+    """Poll `GET /ping` on 127.0.0.1:`port` until it answers 200 (fails once `alive()` is false or time is up)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
+                assert ping.status == 200
+            return
+        except OSError:
+            assert time.monotonic() < deadline and alive(), describe()
+            time.sleep(0.3)
 
 
 def free_port() -> int:

@@ -163,13 +163,18 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _move_contents(source: Path, target: Path) -> None:
+    """Every entry of `source` renamed into `target`, then `source` removed (the publish's one move)."""
+    for item in sorted(source.iterdir()):
+        os.replace(item, target / item.name)
+    source.rmdir()
+
+
 def _complete_publish(model_dir: Path) -> None:
     """Phase two: the new set from `.partial` in, then the working entries out (idempotent)."""
     partial, previous = model_dir / PARTIAL, model_dir / PREVIOUS
     if partial.is_dir():
-        for item in sorted(partial.iterdir()):
-            os.replace(item, model_dir / item.name)
-        partial.rmdir()
+        _move_contents(partial, model_dir)
     if previous.exists():
         shutil.rmtree(previous)
     (model_dir / PUBLISHING).unlink(missing_ok=True)
@@ -199,9 +204,7 @@ def recover(paths: JobPaths) -> None:
         return
     if previous.is_dir():
         log.warning("rolling %s back to the artifacts it held before an interrupted publish", model_dir)
-        for item in sorted(previous.iterdir()):
-            os.replace(item, model_dir / item.name)
-        previous.rmdir()
+        _move_contents(previous, model_dir)
     if partial.exists():
         log.warning("removing incomplete artifacts %s from an earlier attempt", partial)
         _remove(partial)

@@ -158,9 +158,9 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     resources = read_resource_config(paths)
     channels = read_channels(paths)
     plan = plan_run(config, resources)
-    export_sm_environment(paths, resources, channels, raw)
     checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
-    if not is_launched_worker():
+    if not is_launched_worker():  # the ranks Lightning starts inherit this process's environment
+        export_sm_environment(paths, resources, channels, raw)
         check_memory(config, plan)
         needed = output_bytes(config)
         for folder, what, key in ((paths.model_dir, "model folder", "model"),

@@ -41,7 +41,9 @@ from tests.jobs import (
     predictions,
     run_job,
     script_job,
+    snapshot,
     upload_folder,
+    wait_until_serving,
 )
 
 pytestmark = pytest.mark.container
@@ -179,10 +181,6 @@ FAULTS = [
 LONG_VALIDATION = {**TINY, "batch_size": "8", "max_epoch": "1", "log_every_n_steps": "1"}
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def previous_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished job's model folder: the set each fault row must leave in place."""
@@ -316,15 +314,7 @@ def test_j_the_image_serves_its_model_and_stops_cleanly(tmp_path: Path) -> None:
     docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{job / 'model'}:/opt/ml/model:ro",
            IMAGE, "serve", check=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
-                    assert ping.status == 200
-                break
-            except OSError:
-                assert time.monotonic() < deadline, docker("logs", name).stdout[-2000:]
-                time.sleep(0.5)
+        wait_until_serving(port, 120, alive=lambda: True, describe=lambda: docker("logs", name).stdout[-2000:])
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
                                          data=json.dumps({"instances": instances}).encode(),
                                          headers={"Content-Type": "application/json"})

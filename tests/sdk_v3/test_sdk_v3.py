@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import load_example
-from tests.jobs import QUICK, USER_SCRIPT, make_job
-from tsa.config import JobConfig, typed_hyperparameters
+from tests.jobs import QUICK, USER_SCRIPT, dry_run_request, make_job
+from tsa.config import JobConfig
 from tsa.contract import metric_definitions
-from tsa.launch import LaunchSpec, launch, sdk_major_version
+from tsa.launch import sdk_major_version
 
 IMAGE = os.environ.get("TSA_IMAGE", "tsa-training:local")
 AWS = {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_EC2_METADATA_DISABLED": "true",
@@ -32,20 +32,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "true")  # the dry run itself turns it off
 
 
-def request_for(example: str, **overrides: Any) -> dict[str, Any]:
-    spec = LaunchSpec(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1",
-                      role="arn:aws:iam::123456789012:role/SageMaker",
-                      hyperparameters=typed_hyperparameters(load_example(example)),
-                      channels={"train": "s3://bucket/train/", "validation": "s3://bucket/vali/"},
-                      output_path="s3://bucket/output/", **overrides)
-    result = launch(spec, dry_run=True)
-    assert isinstance(result, dict)
-    return result
-
-
 @pytest.mark.parametrize("example", ["eu_single", "na_dual"])
 def test_v3_request_carries_the_job_the_container_decodes(example: str) -> None:
-    request = request_for(example)
+    request = dry_run_request(example)
     wire = request["HyperParameters"]
     assert all(isinstance(v, str) for v in wire.values()) and wire["use_amp"] == "true"  # v3's JSON encoding
     assert JobConfig.from_hyperparameters(wire) == JobConfig.from_hyperparameters(load_example(example))
@@ -54,7 +43,7 @@ def test_v3_request_carries_the_job_the_container_decodes(example: str) -> None:
 
 
 def test_v3_spot_sharding_and_checkpoints() -> None:
-    request = request_for("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
+    request = dry_run_request("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
                           instance_count=2, sharded_channels=["train"])
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 432_000, "MaxWaitTimeInSeconds": 500_000}

@@ -36,7 +36,16 @@ import pytest
 
 from tests.conftest import write_job
 from tests.inputs import DATA_HP, GOOD_HP
-from tests.jobs import QUICK, Arrays, artifact_names, job_with_train_arrays, make_job, run_job, synthetic_arrays
+from tests.jobs import (
+    QUICK,
+    Arrays,
+    artifact_names,
+    job_with_train_arrays,
+    make_job,
+    run_job,
+    snapshot,
+    synthetic_arrays,
+)
 from tsa.data.convert import write_parquet_channel
 from tsa.entrypoint import main_train
 from tsa.training.stop import STOP
@@ -589,16 +598,6 @@ CATALOGUE: list[Case] = [
 
 
 # --- running a row -----------------------------------------------------------------------------------
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Relative path -> SHA-1 of every file under `folder` (a file itself: its own digest under '')."""
-    if folder.is_file():
-        return {"": hashlib.sha1(folder.read_bytes()).hexdigest()}
-    if not folder.is_dir():
-        return {}
-    return {str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
 
 @pytest.fixture(scope="module")
 def material(tmp_path_factory: pytest.TempPathFactory) -> Material:

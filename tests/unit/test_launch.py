@@ -14,14 +14,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import load_example
-from tests.jobs import TINY, make_job, run_job
-from tsa.config import JobConfig, typed_hyperparameters
-from tsa.launch import LaunchSpec, launch, metric_definitions
+from tests.jobs import TINY, dry_run_request, make_job, run_job
+from tsa.config import JobConfig
+from tsa.launch import metric_definitions
 
 ENV = {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -32,20 +31,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-def request_for(example: str, **overrides: Any) -> dict[str, Any]:
-    spec = LaunchSpec(image_uri="123456789012.dkr.ecr.eu-west-1.amazonaws.com/tsa-training:1",
-                      role="arn:aws:iam::123456789012:role/SageMaker",
-                      hyperparameters=typed_hyperparameters(load_example(example)),
-                      channels={"train": "s3://bucket/train/", "validation": "s3://bucket/vali/"},
-                      output_path="s3://bucket/output/", **overrides)
-    result = launch(spec, dry_run=True)
-    assert isinstance(result, dict)
-    return result
-
-
 @pytest.mark.parametrize("example", ["eu_single", "na_dual"])
 def test_hyperparameters_go_out_in_the_wire_form_the_job_decodes(aws_env: None, example: str) -> None:
-    request = request_for(example)
+    request = dry_run_request(example)
     wire = request["HyperParameters"]
     assert all(isinstance(v, str) for v in wire.values())
     assert wire["use_amp"] == "True" and wire["lr"] == "5e-05"  # the generic Estimator's str(value)
@@ -53,7 +41,7 @@ def test_hyperparameters_go_out_in_the_wire_form_the_job_decodes(aws_env: None, 
 
 
 def test_spot_sets_max_wait_and_checkpoints(aws_env: None) -> None:
-    request = request_for("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
+    request = dry_run_request("na_dual", spot=True, max_wait=500_000, checkpoint_s3_uri="s3://bucket/ckpt/",
                           instance_count=2, sharded_channels=["train"])
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 432_000, "MaxWaitTimeInSeconds": 500_000}
@@ -66,7 +54,7 @@ def test_spot_sets_max_wait_and_checkpoints(aws_env: None) -> None:
 
 
 def test_metric_regexes_match_real_job_log_lines(aws_env: None, tmp_path: Path) -> None:
-    sent = request_for("eu_single")["AlgorithmSpecification"]["MetricDefinitions"]
+    sent = dry_run_request("eu_single")["AlgorithmSpecification"]["MetricDefinitions"]
     assert sent == metric_definitions()
     proc = run_job(make_job(tmp_path / "job", TINY))
     assert proc.returncode == 0, proc.stderr[-2000:]

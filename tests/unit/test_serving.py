@@ -13,6 +13,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.jobs import QUICK, make_job, predictions, run_job
+from tests.jobs import QUICK, free_port, make_job, predictions, run_job, wait_until_serving
 from tsa.data.convert import read_npy_arrays
 
 pytestmark = pytest.mark.slow
@@ -209,30 +214,12 @@ def test_the_endpoint_answers_client_errors_with_their_status(client: Any, path:
 
 
 def test_tsa_serve_over_real_http_then_sigterm(served: dict[str, Any]) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
-
-    from tests.jobs import free_port
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tsa", "serve", "--model-dir", served["model_dir"], "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as ping:
-                    assert ping.status == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and proc.poll() is None, "tsa serve did not start"
-                time.sleep(0.3)
+        wait_until_serving(port, 60, alive=lambda: proc.poll() is None, describe=lambda: "tsa serve did not start")
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
                                          data=json.dumps({"instances": served["instances"][:5]}).encode(),
                                          headers={"Content-Type": JSON})
