@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from tsa.data.convert import read_npy_arrays
 pytestmark = pytest.mark.slow
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
+NPY, NPZ = "application/x-npy", "application/x-npz"
 
 
 def load_handler(model_dir: Path) -> Any:
@@ -83,6 +85,61 @@ def test_content_negotiation(served: dict[str, Any], content_type: str, accept: 
     lines = [json.loads(line) for line in text.splitlines()] if kind == JSONLINES else json.loads(text)["predictions"]
     np.testing.assert_allclose([p["score"] for p in lines], [served["expected"][str(r)] for r in range(3)],
                                rtol=0, atol=1e-6)
+
+
+def stacked(instances: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    return {name: np.asarray([instance[name] for instance in instances]) for name in instances[0]}
+
+
+def npz_body(arrays: dict[str, np.ndarray], compressed: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npy_body(rows: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, rows, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+# The documented x-npy row layout: each sequence's categorical then numerical rows, cid before ccid, X_num last.
+FLAT_ORDER = {"single": ["X_seq_cat", "X_seq_num", "X_num"],
+              "dual": ["cid_X_seq_cat", "cid_X_seq_num", "ccid_X_seq_cat", "ccid_X_seq_num", "X_num"]}
+
+
+def flat_rows(instances: list[dict[str, Any]]) -> np.ndarray:
+    """Each instance's arrays flattened and joined in the documented order."""
+    order = FLAT_ORDER["dual" if "cid_X_seq_cat" in instances[0] else "single"]
+    return np.stack([np.concatenate([np.ravel(instance[name]) for name in order]) for instance in instances])
+
+
+@pytest.mark.parametrize(("kind", "make"), [
+    (NPZ, lambda rows: npz_body(stacked(rows))),
+    (NPZ, lambda rows: npz_body({name: values.astype(np.float32 if values.dtype.kind == "f" else np.int32)
+                                 for name, values in stacked(rows).items()}, compressed=True)),
+    (NPY, lambda rows: npy_body(flat_rows(rows))),
+], ids=["npz", "npz_compressed_narrow_dtypes", "npy_flat_rows"])
+def test_numpy_bodies_score_as_the_job_did(served: dict[str, Any], kind: str, make: Callable[..., bytes]) -> None:
+    body = make(served["instances"])
+    scores = [p["score"] for p in json.loads(score(served, body, kind)[0])["predictions"]]
+    tolerance = 1e-6 if "compressed" not in str(make) else 1e-4  # float32 inputs round the float64 ones
+    np.testing.assert_allclose(scores, [served["expected"][str(row)] for row in range(32)], rtol=0, atol=tolerance)
+
+
+def npz_changed(change: Callable[[dict[str, np.ndarray]], None]) -> Callable[[list[dict[str, Any]]], bytes]:
+    """An .npz body of two good instances with `change` applied to the named arrays."""
+    def body(instances: list[dict[str, Any]]) -> bytes:
+        arrays = stacked(instances[:2])
+        change(arrays)
+        return npz_body(arrays)
+    return body
+
+
+def npy_changed(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[list[dict[str, Any]]], bytes]:
+    def body(instances: list[dict[str, Any]]) -> bytes:
+        return npy_body(change(flat_rows(instances[:2])))
+    return body
 
 
 def changed(change: Callable[[dict[str, Any]], None], row: int = 0) -> Callable[[list[dict[str, Any]]], str]:
@@ -159,6 +216,26 @@ MALFORMED: list[Case] = [
     ("unsupported_content_type", lambda k: "a,b", "text/csv", JSON, 415, "content type 'text/csv' is not supported"),
     ("unsupported_accept", lambda k: changed(lambda i: None), JSON, "text/csv", 406, "Accept 'text/csv'"),
     ("accept_refusing_everything", lambda k: changed(lambda i: None), JSON, "application/json;q=0", 406, "Accept"),
+    ("npz_not_an_archive", lambda k: b"PK not a zip", NPZ, JSON, 400, "is not a .npz archive (numpy.savez)"),
+    ("npz_missing_array", lambda k: npz_changed(lambda a: a.pop("X_num")), NPZ, JSON, 400,
+     "missing arrays ['X_num']"),
+    ("npz_rows_differ", lambda k: npz_changed(lambda a: a.update(X_num=a["X_num"][:1])), NPZ, JSON, 400,
+     "array 'X_num': shape (1, 3), expected (rows, 3) with the same rows as every array (2)"),
+    ("npz_strings", lambda k: npz_changed(lambda a: a.update(X_num=np.full((2, 3), "a"))), NPZ, JSON, 400,
+     "array 'X_num': dtype <U1, allowed are integer or floating arrays"),
+    ("npz_python_objects", lambda k: npz_changed(lambda a: a.update(X_num=np.array([[{}] * 3] * 2))), NPZ, JSON,
+     400, "without Python objects"),
+    ("npz_unpacks_too_large", lambda k: npz_body({"X_num": np.zeros((600, 2**17))}, compressed=True), NPZ, JSON,
+     413, "unpacks to 600 MiB: at most 512 MiB"),
+    ("npz_nan", lambda k: npz_changed(lambda a: a["X_num"].__setitem__((1, 2), np.nan)), NPZ, JSON, 400,
+     "instance 1 array 'X_num': holds NaN or Inf"),
+    ("npy_wrong_width", lambda k: npy_changed(lambda r: r[:, 1:]), NPY, JSON, 400,
+     "X_seq_num 8x34 + X_num 3, flattened in this order"),
+    ("npy_python_objects", lambda k: npy_body(np.array([[None, 1]]), allow_pickle=True), NPY, JSON, 400,
+     "is not a .npy array (numpy.save) without Python objects"),
+    ("npy_no_rows", lambda k: npy_changed(lambda r: r[:0]), NPY, JSON, 400, "the request holds no instances"),
+    ("npy_fractional_id", lambda k: npy_changed(lambda r: r + np.eye(1, r.shape[1]) * 0.5), NPY, JSON, 400,
+     "instance 0 array 'X_seq_cat': categorical ids must be integers"),
 ]
 
 

@@ -5,10 +5,13 @@ PyTorch inference container without the tsa package.
 
 - `model_fn` loads the TorchScript `model.pt` (on the GPU when there is one), the saved model
   config and the calibration percentile map.
-- `input_fn` reads `application/json` (`{"instances": [{...}, ...]}`) or `application/jsonlines`
-  (one instance object per line, as batch transform sends); media-type parameters such as
-  `charset=utf-8` are accepted. An instance holds the legacy per-example arrays (`X_seq_cat`,
-  `X_seq_num`, `X_num`; dual model: `cid_*`, `ccid_*`, `X_num`).
+- `input_fn` reads `application/json` (`{"instances": [{...}, ...]}`), `application/jsonlines`
+  (one instance object per line, as batch transform sends), or, compact, `application/x-npz` (one
+  array per name with the rows first, `numpy.savez`) and `application/x-npy` (one 2-D array: each
+  row an instance's arrays flattened and joined in `expected_arrays` order, what the SDK's
+  `NumpySerializer` sends); media-type parameters such as `charset=utf-8` are accepted. An instance
+  holds the legacy per-example arrays (`X_seq_cat`, `X_seq_num`, `X_num`; dual model: `cid_*`,
+  `ccid_*`, `X_num`). numpy bodies are read with `allow_pickle=False`: nothing in a request runs.
 - `predict_fn` checks every instance as training checks a channel (the arrays the model reads,
   nothing else; per-instance shapes of the saved config, `seq_len` included; integral ids in range;
   finite values; the `not_padded` and `time_to_last` rules of `rules.py`), builds the forward
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import bisect
 import importlib.util
+import io
 import json
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,11 @@ import torch.nn.functional as F
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
-INPUT_TYPES = (JSON, JSONLINES)
+NPY, NPZ = "application/x-npy", "application/x-npz"
+INPUT_TYPES = (JSON, JSONLINES, NPY, NPZ)
+# An .npz body is a zip archive: its arrays may unpack far beyond the request size; refuse above this.
+MAX_UNPACKED_BYTES = 512 * 2**20
+NO_INSTANCES = "the request holds no instances: send at least one"
 OUTPUT_TYPES = (JSON, JSONLINES)
 SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
 
@@ -121,15 +130,14 @@ def _parse_json(text: str, where: str) -> Any:
         raise RequestError(400, f"{where} is not valid JSON ({exc})") from exc
 
 
-def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]]:
-    """The request's instances (checked against the model in `predict_fn`)."""
-    kind = media_type(content_type)
-    if kind not in INPUT_TYPES:
-        raise RequestError(415, f"content type {content_type!r} is not supported: send {' or '.join(INPUT_TYPES)}")
+def _decoded_text(body: bytes | str) -> str:
     try:
-        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        return body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"the body is not UTF-8 text ({exc})") from exc
+
+
+def _json_instances(text: str, kind: str) -> list[dict[str, Any]]:
     if kind == JSON:
         payload = _parse_json(text, "the body")
         instances = payload.get("instances") if isinstance(payload, dict) else None
@@ -138,12 +146,43 @@ def input_fn(body: bytes | str, content_type: str = JSON) -> list[dict[str, Any]
     else:
         instances = [_parse_json(line, f"line {number}") for number, line in enumerate(text.splitlines(), 1)
                      if line.strip()]
-    if not instances:
-        raise RequestError(400, "the request holds no instances: send at least one")
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict):
             raise RequestError(400, f"instance {index} is {type(instance).__name__}: expected an object of arrays")
+    if not instances:
+        raise RequestError(400, NO_INSTANCES)
     return instances
+
+
+def _numpy_body(body: bytes | str, kind: str) -> np.ndarray | dict[str, np.ndarray]:
+    """An `application/x-npy` array or the named arrays of an `application/x-npz` archive."""
+    raw = io.BytesIO(body.encode("utf-8") if isinstance(body, str) else bytes(body))
+    try:
+        if kind == NPY:
+            return np.load(raw, allow_pickle=False)
+        with zipfile.ZipFile(raw) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+        if unpacked > MAX_UNPACKED_BYTES:
+            raise RequestError(413, f"the {NPZ} body unpacks to {unpacked / 2**20:.0f} MiB: at most "
+                                    f"{MAX_UNPACKED_BYTES / 2**20:.0f} MiB per request; send fewer rows")
+        with np.load(raw, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except RequestError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        what = "a .npy array (numpy.save)" if kind == NPY else "a .npz archive (numpy.savez)"
+        raise RequestError(400, f"the {kind} body is not {what} without Python objects ({exc})") from exc
+
+
+Batch = list[dict[str, Any]] | dict[str, np.ndarray] | np.ndarray
+
+
+def input_fn(body: bytes | str, content_type: str = JSON) -> Batch:
+    """The request's instances: JSON objects, named arrays (npz) or flat rows (npy), checked in `predict_fn`."""
+    kind = media_type(content_type)
+    if kind not in INPUT_TYPES:
+        raise RequestError(415, f"content type {content_type!r} is not supported: send {' or '.join(INPUT_TYPES)}")
+    return _numpy_body(body, kind) if kind in (NPY, NPZ) else _json_instances(_decoded_text(body), kind)
 
 
 def expected_arrays(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], bool]]:
@@ -169,19 +208,70 @@ def _array(instance: dict[str, Any], index: int, name: str, shape: tuple[int, ..
     return values
 
 
-def validate_instances(instances: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Stacked arrays of valid instances; the first problem as a 400 naming instance, array and rule."""
-    expected = expected_arrays(config)
+def _stacked(instances: list[dict[str, Any]], expected: dict[str, tuple[tuple[int, ...], bool]],
+             model_type: str) -> dict[str, np.ndarray]:
     for index, instance in enumerate(instances):
         missing = sorted(set(expected) - set(instance))
         unknown = sorted(set(instance) - set(expected))
         if missing or unknown:
             raise RequestError(400, f"instance {index}: missing arrays {missing}, unknown arrays {unknown}; the "
-                                    f"{config['model_type']} model reads {sorted(expected)}")
-    largest_id = config["n_embedding"] - config["n_num_features"]
+                                    f"{model_type} model reads {sorted(expected)}")
+    return {name: np.stack([_array(instance, index, name, shape) for index, instance in enumerate(instances)])
+            for name, (shape, _) in expected.items()}
+
+
+def _numeric(values: np.ndarray, what: str) -> np.ndarray:
+    if values.dtype.kind not in "iuf":
+        raise RequestError(400, f"{what}: dtype {values.dtype}, allowed are integer or floating arrays")
+    return values.astype(np.float64)
+
+
+def _named(arrays: dict[str, np.ndarray], expected: dict[str, tuple[tuple[int, ...], bool]],
+           model_type: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz body: exactly the model's names, rows first, one row count."""
+    missing, unknown = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or unknown:
+        raise RequestError(400, f"the {NPZ} body: missing arrays {missing}, unknown arrays {unknown}; the "
+                                f"{model_type} model reads {sorted(expected)}")
+    rows = {name: arrays[name].shape[0] if arrays[name].ndim else 0 for name in expected}
     data = {}
-    for name, (shape, ids) in expected.items():
-        values = np.stack([_array(instance, index, name, shape) for index, instance in enumerate(instances)])
+    for name, (shape, _) in expected.items():
+        if arrays[name].shape[1:] != shape or rows[name] != max(rows.values()):
+            raise RequestError(400, f"array '{name}': shape {arrays[name].shape}, expected (rows, "
+                                    f"{', '.join(map(str, shape))}) with the same rows as every array "
+                                    f"({max(rows.values())})")
+        data[name] = _numeric(arrays[name], f"array '{name}'")
+    return data
+
+
+def _flat(rows: np.ndarray, expected: dict[str, tuple[tuple[int, ...], bool]]) -> dict[str, np.ndarray]:
+    """The arrays of an .npy body: each row the instance's arrays flattened and joined in `expected` order."""
+    rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+    sizes = {name: int(np.prod(shape)) for name, (shape, _) in expected.items()}
+    layout = " + ".join(f"{name} {'x'.join(map(str, shape))}" for name, (shape, _) in expected.items())
+    if rows.ndim != 2 or rows.shape[1] != sum(sizes.values()):
+        raise RequestError(400, f"the {NPY} body: shape {rows.shape}, expected (rows, {sum(sizes.values())}): "
+                                f"each row {layout}, flattened in this order")
+    rows = _numeric(rows, f"the {NPY} body")
+    offsets = np.cumsum([0, *sizes.values()])
+    return {name: rows[:, start:end].reshape(len(rows), *shape)
+            for (name, (shape, _)), start, end in zip(expected.items(), offsets[:-1], offsets[1:], strict=True)}
+
+
+def validate_instances(batch: Batch, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Stacked arrays of valid instances; the first problem as a 400 naming instance, array and rule."""
+    expected = expected_arrays(config)
+    if isinstance(batch, list):
+        data = _stacked(batch, expected, config["model_type"])
+    elif isinstance(batch, dict):
+        data = _named(batch, expected, config["model_type"])
+    else:
+        data = _flat(batch, expected)
+    if len(next(iter(data.values()))) == 0:
+        raise RequestError(400, NO_INSTANCES)
+    largest_id = config["n_embedding"] - config["n_num_features"]
+    for name, (_, ids) in expected.items():
+        values = data[name]
         if ids:
             finite = np.isfinite(values)
             bad = RULES.first_bad(~finite | (np.where(finite, values, 0) != np.round(np.where(finite, values, 0))))
@@ -218,8 +308,8 @@ def _forward_arguments(data: dict[str, np.ndarray], config: dict[str, Any], devi
     return [cid[0], cid[1], cid[2], ccid[0], ccid[1], ccid[2], engineered, None, cid[3], ccid[3]]
 
 
-def predict_fn(instances: list[dict[str, Any]], model: dict[str, Any]) -> list[dict[str, float]]:
-    data = validate_instances(instances, model["config"])
+def predict_fn(batch: Batch, model: dict[str, Any]) -> list[dict[str, float]]:
+    data = validate_instances(batch, model["config"])
     device = model.get("device", torch.device("cpu"))
     with torch.no_grad():
         scores, _ = model["model"](*_forward_arguments(data, model["config"], device))
