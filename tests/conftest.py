@@ -6,7 +6,8 @@ Run the whole suite with `make test` (or `.venv/bin/pytest`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,13 @@ def job_root(tmp_path: Path) -> Callable[..., Path]:
         return write_job(tmp_path / "opt_ml", hyperparameters, **kwargs)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _restore_sm_environment() -> Iterator[None]:
+    """A job run in-process exports `SM_*` into `os.environ` (`tsa.toolkit`): keep it out of later tests."""
+    before = {key: value for key, value in os.environ.items() if key.startswith("SM_")}
+    yield
+    for key in [key for key in os.environ if key.startswith("SM_") and key not in before]:
+        del os.environ[key]
+    os.environ.update(before)

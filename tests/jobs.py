@@ -139,9 +139,14 @@ def make_job(root: Path, hyperparameters: dict[str, str], fmt: str = "npy", rows
     return root
 
 
+def fresh_environment() -> dict[str, str]:
+    """This process's environment less the `SM_*` variables a job run in-process may have exported."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("SM_")}
+
+
 def run_job(root: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """`tsa train` on `root` in a fresh process (as the container runs it)."""
-    full_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "tsa", "train"], env=full_env, capture_output=True, text=True,
                           timeout=timeout)
 

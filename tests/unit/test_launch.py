@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import load_example
-from tests.jobs import TINY, dry_run_request, make_job, run_job
+from tests.jobs import TINY, dry_run_request, fresh_environment, make_job, run_job
 from tsa.config import JobConfig
 from tsa.launch import metric_definitions
 
@@ -110,7 +109,8 @@ def test_tune_sends_a_tuning_job_on_the_selected_models_auc(aws_env: None, tmp_p
                            "--role", "arn:aws:iam::123456789012:role/S", "--hyperparameters", str(hp_file),
                            "--channel", "train=s3://b/train/", "--channel", "validation=s3://b/vali/",
                            "--output-path", "s3://b/out/", "--tune", "hyperparameters/tuning_ranges.json",
-                           "--dry-run"], capture_output=True, text=True, timeout=120, env={**os.environ, **ENV})
+                           "--dry-run"], capture_output=True, text=True, timeout=120,
+                          env={**fresh_environment(), **ENV})
     assert proc.returncode == 0, proc.stderr[-2000:]
     request = json.loads(proc.stdout[proc.stdout.index("{\n"):])  # after the SDK's own notices
     config = request["HyperParameterTuningJobConfig"]

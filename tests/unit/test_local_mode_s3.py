@@ -5,7 +5,6 @@ Run: .venv/bin/pytest tests/unit/test_local_mode_s3.py
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.jobs import QUICK, make_job, moto_s3, s3_client, upload_folder
+from tests.jobs import QUICK, fresh_environment, make_job, moto_s3, s3_client, upload_folder
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +21,7 @@ BUCKET = "tsa-local"
 
 def run_local(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "local_mode/run.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, **env})
+                          timeout=600, env={**fresh_environment(), **env})
 
 
 def test_channels_come_from_s3_and_checkpoints_sync_both_ways(tmp_path: Path) -> None:

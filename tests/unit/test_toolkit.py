@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from tests.conftest import write_job
 from tests.inputs import GOOD_HP
-from tests.jobs import FAILING_SCRIPT, QUICK, ROWS_SMALL, USER_SCRIPT, make_job, run_job, script_job
+from tests.jobs import FAILING_SCRIPT, QUICK, ROWS_SMALL, USER_SCRIPT, fresh_environment, make_job, run_job, script_job
 from tsa.config import JobConfig
 from tsa.contract import JobPaths, read_channels, read_resource_config
 
@@ -104,7 +103,8 @@ def test_script_mode_forwards_sigterm_to_the_users_script(tmp_path: Path) -> Non
     """`tsa` is PID 1 in the container; the toolkit's trainer does not pass SIGTERM on."""
     root = script_job(tmp_path, SIGTERM_SCRIPT)
     (root / "output/data").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"],
+                            env={**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import pickle
 import re
 import signal
@@ -24,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import HYPERPARAMETERS_DIR
-from tests.jobs import TINY, artifact_names, free_port, make_job, metrics, predictions, run_job
+from tests.jobs import TINY, artifact_names, free_port, fresh_environment, make_job, metrics, predictions, run_job
 from tsa.contract import JobPaths
 from tsa.data.convert import read_npy_arrays
 from tsa.entrypoint import load_job_config
@@ -179,7 +178,7 @@ def test_two_hosts_train_together_and_only_rank_zero_writes(tmp_path: Path) -> N
         root = make_job(tmp_path / host, TINY, data=data,
                         resourceconfig={"current_host": host, "hosts": ["algo-1", "algo-2"]})
         roots.append(root)
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+        env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
                "GLOO_SOCKET_IFNAME": "lo", "PYTHONUNBUFFERED": "1"}
         procs.append(subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
@@ -207,7 +206,7 @@ RESUME_HP = {**TINY, "batch_size": "8", "max_epoch": "3", "log_every_n_steps": "
 def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninterrupted: Path, signum: int,
                                                           at_step: int) -> None:
     root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
+    env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
