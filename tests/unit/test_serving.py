@@ -388,12 +388,13 @@ def torchserve(served: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
 
     workdir = tmp_path_factory.mktemp(f"torchserve_{served['kind']}")
     port = free_port()
-    server = serve_torchserve.start(Path(served["model_dir"]), port, workdir, env=serve_torchserve.isolated_ports())
     log = workdir / "server.log"
-    wait_until_serving(port, 120, alive=lambda: server.poll() is None,
-                       describe=lambda: f"TorchServe did not start:\n{log.read_text()[-3000:]}")
-    yield port
-    code, left = serve_torchserve.stop(server, workdir)
+    with serve_torchserve.one_per_machine():  # parallel test workers take turns
+        server = serve_torchserve.start(Path(served["model_dir"]), port, workdir, env=serve_torchserve.isolated_ports())
+        wait_until_serving(port, 120, alive=lambda: server.poll() is None,
+                           describe=lambda: f"TorchServe did not start:\n{log.read_text()[-3000:]}")
+        yield port
+        code, left = serve_torchserve.stop(server, workdir)
     assert code == 0 and not left, f"exit {code}, still running {left}:\n{log.read_text()[-3000:]}"
 
 
