@@ -1,21 +1,24 @@
 """Training-throughput benchmark (not a test): exact vs fast mode at the production configs.
 
-    .venv/bin/python bench/model_step.py [--device cpu|cuda] [--steps N] [--configs eu,na]
+    .venv/bin/python bench/model_step.py [--device cpu|cuda] [--rounds N] [--configs eu,na]
 
 For each config (`eu`: hyperparameters/eu_single.json, `na`: na_dual.json) and mode
 (`exact`: the legacy-faithful path, fp32 or the production fp16 AMP on GPU; `fast`: fused
-attention + bf16 autocast + torch.compile on GPU), it times one training step (forward, the
-legacy CE(sum) loss, backward, Adam step):
+attention + bf16 autocast + torch.compile on GPU), it times training steps (forward, the
+legacy CE(sum) loss, backward, Adam step) on two paths:
 
 - `model_step`: a batch already on the device, the same batch every step;
 - `full_loop`: batches through the project's real data path (memory-mapped `.npy` channel ->
   `BatchStream` -> pinned, non-blocking copy to the device) and the step.
 
 With `LEGACY_TSA_DIR` pointing at the legacy scripts (never vendored) it also times the legacy
-model's `model_step` in the same run. FLOPs per sample come from `torch.utils.flop_counter` on a
-forward+backward; utilisation is achieved FLOP/s over the chip's bf16 dense peak (GPU only).
-Output: one JSON object per line, then one summary line with the fast/exact ratios. Batch sizes
-are the production ones on GPU (800 / 640) and small on CPU, where fewer steps are timed.
+model's `model_step`. The variants are interleaved: after warm-up, each round times
+`--steps-per-round` steps of every (mode, path) in turn, so a noisy shared machine slows all of
+them alike within a round. Each line reports the median rate over rounds and `ratio_to_exact`, the
+median over rounds of the per-round rate over the exact mode's on the same path. FLOPs per sample
+come from `torch.utils.flop_counter` on a forward+backward; utilisation is achieved FLOP/s over the
+chip's bf16 dense peak (GPU only). Output: one JSON object per line, then one summary line with the
+ratios. Batch sizes are the production ones on GPU (800 / 640) and 16 on CPU.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import contextlib
 import importlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,18 +120,41 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step: Callable[[dict[str, torch.Tensor]], None], batches: Iterator[dict[str, torch.Tensor]],
-          warmup: int, steps: int, device: torch.device) -> tuple[int, float]:
-    for _ in range(warmup):
-        step(next(batches))
-    sync(device)
-    start, samples = time.perf_counter(), 0
-    for _ in range(steps):
-        batch = next(batches)
-        step(batch)
-        samples += len(batch["y"])
-    sync(device)
-    return samples, time.perf_counter() - start
+class Cell:
+    """One (mode, path) of a config: its step, its batches and the rate of every timed round."""
+
+    def __init__(self, mode: str, path: str, step: Step, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        self.mode, self.path, self.step, self.batches = mode, path, step, batches
+        self.rates: list[float] = []
+
+    def run(self, steps: int, device: torch.device, record: bool = True) -> None:
+        batches = [next(self.batches) for _ in range(steps)] if self.path == "model_step" else None
+        sync(device)
+        start, samples = time.perf_counter(), 0
+        for index in range(steps):
+            batch = batches[index] if batches is not None else next(self.batches)  # full_loop: loading is timed
+            self.step(batch)
+            samples += len(batch["y"])
+        sync(device)
+        if record:
+            self.rates.append(samples / (time.perf_counter() - start))
+
+
+def interleaved(cells: list[Cell], warmup: int, rounds: int, steps: int, device: torch.device) -> None:
+    """Warm every cell up, then `rounds` rounds of `steps` steps of each cell in turn."""
+    for cell in cells:
+        cell.run(warmup, device, record=False)
+    for _ in range(rounds):
+        for cell in cells:
+            cell.run(steps, device)
+
+
+def ratio_to_exact(cell: Cell, cells: list[Cell]) -> float | None:
+    """Median over rounds of this cell's rate over the exact mode's on the same path, same round."""
+    exact = next((c for c in cells if c.mode == "exact" and c.path == cell.path), None)
+    if exact is None:
+        return None
+    return statistics.median(mine / theirs for mine, theirs in zip(cell.rates, exact.rates, strict=True))
 
 
 def device_batches(config: JobConfig, batch_size: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
@@ -176,58 +203,64 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for chip, peak in BF16_PEAK_TFLOPS.items() if chip in name), None)
 
 
+def cells_for(name: str, folder: Path, batch_size: int, device: torch.device) -> list[Cell]:
+    """The (mode, path) cells of one config: exact and fast on both paths, legacy on `model_step`."""
+    exact, fast = job_config(name, fast=False), job_config(name, fast=True)
+    gpu = device.type == "cuda"
+    steps = {"exact": (exact, Step(build_model(exact.model), exact, device, compiled=False)),
+             "fast": (fast, Step(build_model(fast.model, fused_attention=True), fast, device, compiled=gpu)),
+             "legacy": (exact, legacy_step(exact, device))}
+    cells = []
+    for mode, (config, step) in steps.items():
+        if step is None:
+            continue
+        cells.append(Cell(mode, "model_step", step, device_batches(config, batch_size, device)))
+        if mode != "legacy":
+            cells.append(Cell(mode, "full_loop", step, loader_batches(folder, config, batch_size, device)))
+    return cells
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    warmup, steps = (5, args.steps or 30) if gpu else (1, args.steps or 3)
+    warmup, rounds = (5, args.rounds or 30) if gpu else (2, args.rounds or 20)
+    steps = args.steps_per_round or (5 if gpu else 1)
+    peak = peak_tflops(device)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
             batch_size = GPU_BATCH[name] if gpu else CPU_BATCH
             exact = job_config(name, fast=False)
             folder = Path(tmp) / name
-            write_npy_channel(folder, "train", "v0", generate(exact.model, batch_size * (warmup + steps + 1), 1))
+            write_npy_channel(folder, "train", "v0", generate(exact.model, batch_size * 32, 1))
             gflop = flops_per_sample(exact, device) / 1e9
-            modes: list[tuple[str, JobConfig, Step | None]] = [
-                ("exact", exact, Step(build_model(exact.model), exact, device, compiled=False)),
-                ("fast", job_config(name, fast=True), None),
-                ("legacy", exact, legacy_step(exact, device)),
-            ]
-            for mode, config, step in modes:
-                if mode == "fast":
-                    step = Step(build_model(config.model, fused_attention=True), config, device, compiled=gpu)
-                if step is None:
-                    continue
-                paths = [("model_step", device_batches(config, batch_size, device))]
-                if mode != "legacy":
-                    paths.append(("full_loop", loader_batches(folder, config, batch_size, device)))
-                for path, batches in paths:
-                    samples, seconds = timed(step, batches, warmup, steps, device)
-                    rate = samples / seconds
-                    peak = peak_tflops(device)
-                    result = {"config": name, "mode": mode, "path": path, "device": str(
-                        torch.cuda.get_device_name(device) if gpu else "cpu"), "batch_size": batch_size,
-                              "steps": steps, "samples_per_s": round(rate, 1), "gflop_per_sample": round(gflop, 3),
-                              "achieved_tflops": round(rate * gflop / 1e3, 3),
-                              "utilisation": round(rate * gflop / 1e3 / peak, 4) if peak else None}
-                    print(json.dumps(result), flush=True)
-                    results.append(result)
+            cells = cells_for(name, folder, batch_size, device)
+            interleaved(cells, warmup, rounds, steps, device)
+            for cell in cells:
+                rate, ratio = statistics.median(cell.rates), ratio_to_exact(cell, cells)
+                result = {"config": name, "mode": cell.mode, "path": cell.path,
+                          "device": torch.cuda.get_device_name(device) if gpu else "cpu", "batch_size": batch_size,
+                          "steps": steps, "rounds": rounds, "samples_per_s": round(rate, 1),
+                          "ratio_to_exact": round(ratio, 3) if ratio is not None else None,
+                          "gflop_per_sample": round(gflop, 3), "achieved_tflops": round(rate * gflop / 1e3, 3),
+                          "utilisation": round(rate * gflop / 1e3 / peak, 4) if peak else None}
+                print(json.dumps(result), flush=True)
+                results.append(result)
     return results
 
 
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    rate = {(r["config"], r["mode"], r["path"]): r["samples_per_s"] for r in results}
-    ratios = {}
-    for (config, mode, path), value in rate.items():
-        if mode != "exact" and (config, "exact", path) in rate:
-            ratios[f"{config}_{path}_{mode}_over_exact"] = round(value / rate[(config, "exact", path)], 2)
-    return {"bench": "model_step_summary", **ratios}
+    ratios = {f"{r['config']}_{r['path']}_{r['mode']}_over_exact": r["ratio_to_exact"] for r in results
+              if r["mode"] != "exact" and r["ratio_to_exact"] is not None}
+    return {"bench": "model_step_summary", "rounds": results[0]["rounds"] if results else 0, **ratios}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps per measurement (default 30 GPU, 3 CPU)")
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds after warm-up (default 30 GPU, 20 CPU)")
+    parser.add_argument("--steps-per-round", type=int, default=0,
+                        help="steps per cell and round (default 5 GPU, 1 CPU)")
     parser.add_argument("--configs", default="eu,na")
     args = parser.parse_args()
     configure_allocator()

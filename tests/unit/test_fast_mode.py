@@ -4,11 +4,14 @@ Run: .venv/bin/pytest tests/unit/test_fast_mode.py
 
 Contract: with fused attention in fp32, every eval `model` fixture case is reproduced within
 1e-5 (the exact path: 1e-6); fast-mode training (bf16 autocast, fused attention) reaches the
-exact path's validation AUC within 0.005 on the synthetic data.
+exact path's validation AUC within 0.005 on the synthetic data; the fast training step compiles
+whole (`torch.compile(fullgraph=True)`: no graph break, so no host read and no data-dependent shape)
+for both models with MoE and time on and off, and computes the eager step's loss and gradients.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,14 @@ import torch
 from tests.conftest import load_example
 from tests.equivalence.fixtures import cases, load
 from tests.inputs import MODEL_TYPES
-from tests.jobs import make_job, metrics, run_job
+from tests.jobs import TINY, make_job, metrics, run_job
 from tsa.config import JobConfig
 from tsa.contract import ResourceConfig
+from tsa.data import model_inputs, to_batch
+from tsa.data.synth import generate
 from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs
 from tsa.models import build_model
+from tsa.models.losses import select_loss
 from tsa.training.plan import RunPlan, plan_run
 
 FAST_TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -89,3 +95,101 @@ def test_the_memory_check_counts_the_parameters_within_5_percent(example: str) -
     config = JobConfig.from_hyperparameters(load_example(example))
     real = sum(p.numel() for p in build_model(config.model).parameters())
     assert abs(parameter_count(config) - real) <= 0.05 * real
+
+
+def fast_training_step(model_type: str, use_moe: bool, use_time_seq: bool, dropout: float = 0.0) -> tuple[Any, ...]:
+    """A tiny fast-mode model in train mode, its legacy loss and one synthetic batch."""
+    hp = {**TINY, "model_type": model_type, "use_moe": str(int(use_moe)), "use_time_seq": str(int(use_time_seq)),
+          "num_experts": "3", "fast_mode": "true", "dropout": str(dropout)}
+    config = JobConfig.from_hyperparameters(hp)
+    torch.manual_seed(0)
+    model = build_model(config.model, fused_attention=True).train()
+    inputs, y = model_inputs(to_batch(generate(config.model, 24, seed=1), model_type), config.model)
+    loss_fn = select_loss(config.train)
+
+    def step(inputs: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        scores, _ = model(**inputs)
+        return loss_fn(scores, y, epoch=0, training=True)
+
+    return model, step, inputs, y
+
+
+def loss_and_gradients(model: torch.nn.Module, step: Any, inputs: dict[str, torch.Tensor], y: torch.Tensor,
+                       seed: int = 7) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # dropout masks and the MoE's second-expert draws
+    loss = step(inputs, y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+OPTIONS = list(itertools.product(("single", "dual"), (False, True), (False, True)))
+
+
+@pytest.mark.parametrize(("model_type", "use_moe", "use_time_seq"), OPTIONS,
+                         ids=[f"{m}-moe{int(e)}-time{int(t)}" for m, e, t in OPTIONS])
+def test_the_fast_training_step_compiles_whole(model_type: str, use_moe: bool, use_time_seq: bool) -> None:
+    """fullgraph=True fails on any graph break (`.item()`, `nonzero`, a branch on a tensor value); the
+    aot_eager backend traces forward and backward into graphs and runs them with the eager kernels, so
+    the compiled step must give the eager step's numbers (dropout 0: traced dropout draws its masks in
+    another order; the inductor test below trains with it)."""
+    model, step, inputs, y = fast_training_step(model_type, use_moe, use_time_seq)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss, grads = loss_and_gradients(model, compiled, inputs, y)
+    eager_loss, eager_grads = loss_and_gradients(model, step, inputs, y)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+# Random draws on: the single model with MoE (second-expert draws) and dropout. The dual model has them
+# off: inductor may order its encoders' draws differently (other masks, not another computation).
+INDUCTOR_CASES = [("single", {"use_moe": True, "use_time_seq": True, "dropout": 0.1}),
+                  ("dual", {"use_moe": False, "use_time_seq": True, "dropout": 0.0})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_type", "options"), INDUCTOR_CASES, ids=[c[0] for c in INDUCTOR_CASES])
+def test_inductor_compiles_the_fast_training_step(model_type: str, options: dict[str, Any]) -> None:
+    """The real compiler (inductor, C++ on CPU), whole; `fallback_random` so its draws are eager's."""
+    model, step, inputs, y = fast_training_step(model_type, **options)
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        loss, grads = loss_and_gradients(model, torch.compile(step, fullgraph=True), inputs, y)
+    eager_loss, eager_grads = loss_and_gradients(model, step, inputs, y)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+class FixedGate(torch.nn.Module):
+    """A gate network that answers fixed (g_cid, g_ccid) per row, whatever its input."""
+
+    def __init__(self, gates: torch.Tensor) -> None:
+        super().__init__()
+        self.gates = gates
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.gates + 0 * features[:, :1]
+
+
+def test_fast_training_masks_the_dropped_ccid_rows_as_the_sub_batch_does() -> None:
+    """The static ccid formulation (fast-mode training) against the sub-batch (eval, the exact path's
+    forward): without MoE and dropout the two modes compute the same thing, so they must agree on a
+    batch with every kind of row: ccid history padded (gate forced to 0), g_ccid <= 0.05 (weight kept,
+    vector zero: Q2) and kept."""
+    hp = {**TINY, "model_type": "dual", "use_moe": "0", "dropout": "0", "fix_gate_history_rule": "true"}
+    config = JobConfig.from_hyperparameters(hp)
+    torch.manual_seed(0)
+    model = build_model(config.model, fused_attention=True)
+    inputs, _ = model_inputs(to_batch(generate(config.model, 12, seed=2), "dual"), config.model)
+    inputs["key_padding_mask_ccid"][:3, :-2] = True  # rows 0-2: no ccid history
+    g_ccid = torch.tensor([0.5, 0.5, 0.5, 0.03, 0.05, 0.04, 0.5, 0.051, 0.9, 0.2, 0.5, 0.01])
+    model.gate_score = FixedGate(torch.stack([1 - g_ccid, g_ccid], dim=1))
+    with torch.no_grad():
+        static = model.train()(**inputs)
+        sub_batch = model.eval()(**inputs)
+    for mine, theirs in zip(static, sub_batch, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)

@@ -138,3 +138,15 @@ def test_models_build_from_config_and_return_scores_and_ensemble(model_type: str
     with torch.no_grad():
         scores, ensemble = model(**inputs)
     assert scores.shape == (4, 2) and ensemble.shape == (4, 3 * cfg.dim_embedding_table)
+
+
+def test_the_capacity_one_hot_is_the_legacy_truncated_one_hot() -> None:
+    """The MoE slot one-hot without a host read equals legacy's one_hot(width max+1)[..., :capacity],
+    slots past the capacity (all-zero rows) included."""
+    from tsa.models.moe import _safe_one_hot
+
+    slots = torch.randint(0, 40, (51, 16), generator=torch.Generator().manual_seed(0))
+    for capacity in (4, 10, 39, 64):
+        legacy = torch.nn.functional.one_hot(slots, max(capacity, int(slots.max()) + 1))[..., :capacity]
+        mine = _safe_one_hot(slots, capacity)
+        assert mine.dtype == legacy.dtype and torch.equal(mine, legacy)

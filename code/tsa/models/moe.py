@@ -33,9 +33,13 @@ def _exclusive_cumsum(t: Tensor, dim: int) -> Tensor:
 
 
 def _safe_one_hot(indexes: Tensor, max_length: int) -> Tensor:
-    """one_hot(indexes) truncated to `max_length` columns (indexes >= max_length -> all zero)."""
-    width = max(max_length, int(indexes.max()) + 1) if indexes.numel() > 0 else max_length
-    return F.one_hot(indexes, width)[..., :max_length]
+    """one_hot(indexes) truncated to `max_length` columns (indexes >= max_length -> all zero).
+
+    The legacy one-hot of width max(indexes) + 1 then truncated, written as a comparison with the
+    columns: the same integers, with no host read of the largest index (fast mode compiles whole).
+    """
+    columns = torch.arange(max_length, dtype=indexes.dtype, device=indexes.device)
+    return (indexes.unsqueeze(-1) == columns).long()
 
 
 def _top1(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,16 @@ Differences from legacy (default: none). Quirks kept on purpose:
   RNG draw shapes); the gate network's sizes are fixed (16/32/128, 1 head, 1 layer, no time).
 - Q34: `key_padding_mask_ccid` is required.
 
+Fast mode (`fused_attention=True`) trains with static shapes instead, so the training step
+compiles whole (no `nonzero`, no host read): the ccid encoder runs on every row and the rows with
+g_ccid <= 0.05 get the zero vector by masking. Numerical contract: eval (validation, scoring,
+serving) keeps the sub-batch, so it is the exact path's forward (fixture-tested within 1e-5); in
+training, without MoE, each kept row's ccid vector is the one the sub-batch gives (the encoder is
+row-wise; dropout masks are drawn for all rows, so the draws differ), and with MoE the ccid experts
+route the whole batch (capacity from all rows, second-expert draws of shape (S, B)), so a kept
+row's vector differs from the exact path's whenever some row is dropped. The row rule (zero vector,
+weights not renormalised) is the same; fast-mode training's AUC contract covers the rest.
+
 Scriptable: the ccid sub-batch is chosen at run time, so the model is served as
 `torch.jit.script(model)`, not traced. The gate threshold 0.05 and the Q1 literal 50 are
 literals in the forward: TorchScript cannot read module-level numbers.
@@ -38,6 +48,7 @@ class DualSequenceTSA(nn.Module):
 
     use_time_seq: Final[bool]
     fix_gate_history_rule: Final[bool]
+    static_ccid: Final[bool]
     order_width: Final[int]
 
     def __init__(self, cfg: ModelConfig, fused_attention: bool = False) -> None:
@@ -46,6 +57,7 @@ class DualSequenceTSA(nn.Module):
         self.config = cfg
         self.use_time_seq = cfg.use_time_seq
         self.fix_gate_history_rule = cfg.fix_gate_history_rule
+        self.static_ccid = fused_attention  # fast-mode training: every row through the ccid encoder, then masked
         self.order_width = 2 * d  # what the order encoders return per row
         self.embedding = nn.Embedding(cfg.n_embedding + 2, d, padding_idx=0)
         self.order_attention_cid = build_order_attention(cfg, self.embedding, fused_attention)
@@ -92,19 +104,25 @@ class DualSequenceTSA(nn.Module):
             raise ValueError("DualSequenceTSA needs key_padding_mask_ccid (legacy quirk Q34)")
         gate_cid = self.gate_emb(x_seq_cat_cid, x_seq_num_cid, time_seq_cid, attn_mask, key_padding_mask_cid)
         gate_ccid = self.gate_emb(x_seq_cat_ccid, x_seq_num_ccid, time_seq_ccid, attn_mask, key_padding_mask_ccid)
-        gate = self.gate_score(torch.cat([gate_cid, gate_ccid], dim=-1)).clone()  # (B, 2)
-        gate[self.no_ccid_history(key_padding_mask_ccid), 1] = 0  # not renormalised (Q2)
-        keep = torch.nonzero(gate[:, 1] > 0.05).squeeze(1)
-
-        batch = x_seq_cat_cid.shape[0]
-        order_ccid = torch.zeros(batch, self.order_width, dtype=gate.dtype, device=gate.device)
+        gate = self.gate_score(torch.cat([gate_cid, gate_ccid], dim=-1))  # (B, 2)
         t_cid, t_ccid = (time_seq_cid, time_seq_ccid) if self.use_time_seq else (None, None)
         order_cid = self.order_attention_cid(x_seq_cat_cid, x_seq_num_cid, t_cid, attn_mask, key_padding_mask_cid)
-        if keep.numel() > 0:
-            order_ccid[keep] = self.order_attention_ccid(
-                x_seq_cat_ccid[keep], x_seq_num_ccid[keep], t_ccid[keep] if t_ccid is not None else None,
-                attn_mask, key_padding_mask_ccid[keep],
-            ).to(order_ccid.dtype)  # sub-batch of the kept rows (Q2)
+        if self.static_ccid and self.training:
+            gate_ccid_weight = gate[:, 1].masked_fill(self.no_ccid_history(key_padding_mask_ccid), 0.0)
+            gate = torch.stack([gate[:, 0], gate_ccid_weight], dim=1)  # not renormalised (Q2)
+            every_row = self.order_attention_ccid(x_seq_cat_ccid, x_seq_num_ccid, t_ccid, attn_mask,
+                                                  key_padding_mask_ccid)
+            order_ccid = every_row.to(gate.dtype).masked_fill(~(gate[:, 1] > 0.05).unsqueeze(1), 0.0)
+        else:
+            gate = gate.clone()
+            gate[self.no_ccid_history(key_padding_mask_ccid), 1] = 0  # not renormalised (Q2)
+            keep = torch.nonzero(gate[:, 1] > 0.05).squeeze(1)
+            order_ccid = torch.zeros(x_seq_cat_cid.shape[0], self.order_width, dtype=gate.dtype, device=gate.device)
+            if keep.numel() > 0:
+                order_ccid[keep] = self.order_attention_ccid(
+                    x_seq_cat_ccid[keep], x_seq_num_ccid[keep], t_ccid[keep] if t_ccid is not None else None,
+                    attn_mask, key_padding_mask_ccid[keep],
+                ).to(order_ccid.dtype)  # sub-batch of the kept rows (Q2)
         current = self.feature_attention(x_seq_cat_cid, x_seq_num_cid, x_engineered)  # cid only
         order = self.layer_norm(gate[:, 0:1] * order_cid + gate[:, 1:2] * order_ccid)
         ensemble = torch.cat([order, current], dim=-1)
