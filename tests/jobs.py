@@ -139,6 +139,13 @@ def make_job(root: Path, hyperparameters: dict[str, str], fmt: str = "npy", rows
     return root
 
 
+def expected_here(definition: dict[str, str]) -> bool:
+    """Whether a job on this machine writes the metric `definition` reads (`gpu:*` ones: on a GPU only)."""
+    import torch
+
+    return not definition["Name"].startswith("gpu:") or torch.cuda.is_available()
+
+
 def fresh_environment() -> dict[str, str]:
     """This process's environment less the `SM_*` variables a job run in-process may have exported."""
     return {key: value for key, value in os.environ.items() if not key.startswith("SM_")}

@@ -132,3 +132,61 @@ def test_synthetic_data_is_valid_and_plants_a_temporal_signal(tmp_path: Path, mo
     pos, neg = recent[y == 1], recent[y == 0]  # Mann-Whitney AUC of the hand-made burst statistic
     auc = ((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
     assert auc > 0.7
+
+
+@pytest.mark.parametrize("model_type", ["single", "dual"])
+@pytest.mark.parametrize("dtypes", ["legacy", "compact", "big_endian"])
+def test_the_memory_map_gather_is_to_batch_bit_for_bit(tmp_path: Path, model_type: str, dtypes: str) -> None:
+    """`NpyChannel.batch` (chunked gather and cast, in threads) against `to_batch(take(...))`, the legacy
+    collation the pipeline fixtures pin: same keys, dtypes and bits, across chunk boundaries and repeats."""
+    import torch
+
+    from tsa.data.batches import GATHER_CHUNK_ROWS, to_batch
+
+    config = JobConfig.from_hyperparameters({**DATA_HP, "model_type": model_type})
+    arrays = generate(config.model, 3 * GATHER_CHUNK_ROWS + 5, seed=4)
+    if dtypes == "legacy":
+        arrays = {n: a.astype(np.int64 if "cat" in n or n == "Y" else np.float64) for n, a in arrays.items()}
+    elif dtypes == "big_endian":
+        arrays = {n: a.astype(a.dtype.newbyteorder(">")) for n, a in arrays.items()}
+    write_npy_channel(tmp_path / "train", "train", "v0", arrays)
+    source = open_channel(Channel("train", tmp_path / "train"), config)
+    rows = np.random.default_rng(0).integers(0, len(arrays["Y"]), size=2 * GATHER_CHUNK_ROWS + 9)
+    mine, legacy = source.batch(rows, model_type), to_batch(source.take(rows, source.names), model_type)
+    assert mine.keys() == legacy.keys()
+    for key, value in legacy.items():
+        assert mine[key].dtype == value.dtype and mine[key].shape == value.shape, key
+        assert torch.equal(mine[key], value), key
+
+
+def _gather_in_child(source: object, done: object) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    source.batch(np.arange(8), "single")  # type: ignore[attr-defined]
+    done.set()  # type: ignore[attr-defined]
+
+
+def test_a_process_forked_after_a_gather_gathers_with_threads_of_its_own(tmp_path: Path) -> None:
+    """The gather's thread pool, made in this process, reaches a forked child (a DataLoader worker)
+    without its threads: the child must make its own pool, not wait on the dead one for ever."""
+    import multiprocessing
+
+    import torch
+
+    source = channel(tmp_path, 40, "npy")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the pool is used only with more than one thread
+    try:
+        source.batch(np.arange(8), "single")
+        context = multiprocessing.get_context("fork")
+        done = context.Event()
+        child = context.Process(target=_gather_in_child, args=(source, done))
+        child.start()
+        finished = done.wait(timeout=60)
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    finally:
+        torch.set_num_threads(threads)
+    assert finished and child.exitcode == 0, child.exitcode

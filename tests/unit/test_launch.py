@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import load_example
-from tests.jobs import TINY, dry_run_request, fresh_environment, make_job, run_job
+from tests.jobs import TINY, dry_run_request, expected_here, fresh_environment, make_job, run_job
 from tsa.config import JobConfig
 from tsa.launch import metric_definitions
 
@@ -58,6 +59,9 @@ def test_metric_regexes_match_real_job_log_lines(aws_env: None, tmp_path: Path) 
     proc = run_job(make_job(tmp_path / "job", TINY))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for definition in sent:
+        if not expected_here(definition):
+            assert not re.findall(definition["Regex"], proc.stdout), definition
+            continue
         values = re.findall(definition["Regex"], proc.stdout)
         assert values, definition
         assert all(math.isfinite(float(v)) for v in values), (definition, values)
@@ -134,3 +138,15 @@ def test_a_range_the_job_would_refuse_is_refused_before_sending(aws_env: None, t
     with pytest.raises(JobError, match=r"range 'dropout' reaches 1.5, which the job refuses: hyperparameter "
                                        r"'dropout' = 1.5"):
         read_tuning_file(ranges, load_example("eu_single"))
+
+
+def test_the_gpu_fields_of_the_step_line_match_their_regexes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU part of the METRIC step line (written on a GPU only) is what the metric definitions read."""
+    from tsa.training.callbacks import gpu_fields
+
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device: 87)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**30)
+    line = f"METRIC step=5; epoch=0; step_loss=0.5; samples_per_second=9.0;{gpu_fields(torch.device('cuda', 0))}"
+    found = {d["Name"]: re.findall(d["Regex"], line) for d in metric_definitions() if d["Name"].startswith("gpu:")}
+    assert found == {"gpu:utilization": ["87"], "gpu:memory_gib": ["3.00"]}
+    assert gpu_fields(torch.device("cpu")) == ""

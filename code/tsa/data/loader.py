@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tsa.data.batches import Batch, to_batch
+from tsa.data.batches import Batch
 from tsa.data.channels import ChannelSource
 from tsa.data.sharding import ShardSpec, epoch_order, rank_rows, split_batches, worker_batch_ids
 
@@ -89,7 +89,7 @@ class BatchStream(IterableDataset):
         batches = self.batches()[self.start_batch:]
         for index in worker_batch_ids(len(batches), worker, workers, contiguous=self.group_starts is not None):
             rows = batches[index]
-            batch = to_batch(self.source.take(rows, self.names), self.model_type)
+            batch = self.source.batch(rows, self.model_type)
             batch["row"] = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             yield batch
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tsa.data.batches import Batch, gather_batch, native_byte_order
 from tsa.data.schema import ArraySpec
 from tsa.errors import DataError
 
@@ -40,12 +41,6 @@ def find_array_file(folder: Path, channel: str, name: str, version: str) -> Path
         if candidate.is_file():
             return candidate
     return None
-
-
-def native_byte_order(array: np.ndarray) -> np.ndarray:
-    """The values in this machine's byte order (a lossless conversion: torch reads native order only)."""
-    array = np.asarray(array)
-    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
 
 def load_npy(path: Path, channel: str, name: str) -> np.ndarray:
@@ -132,6 +127,10 @@ class NpyChannel:
     def take(self, indices: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Rows `indices` (any order) of each named array, gathered in one vectorised read."""
         return {name: native_byte_order(self.arrays[name][indices]) for name in names}
+
+    def batch(self, indices: np.ndarray, model_type: str) -> Batch:
+        """`to_batch(take(indices, names))`, gathered and cast in one pass (`gather_batch`)."""
+        return gather_batch(self.arrays, indices, model_type)
 
     def ids(self, indices: np.ndarray) -> None:
         """The legacy layout has no id column: predictions are keyed by row number."""

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tsa.data.batches import Batch, to_batch
 from tsa.data.schema import ID_COLUMN, ArraySpec
 from tsa.errors import DataError
 
@@ -209,6 +210,10 @@ class ParquetChannel:
                     out[name] = np.empty((len(indices), *source.shape[1:]), dtype=source.dtype)
                 out[name][where] = source[local]
         return out
+
+    def batch(self, indices: np.ndarray, model_type: str) -> Batch:
+        """The training batch of rows `indices` (`to_batch` of `take`)."""
+        return to_batch(self.take(indices, self.names), model_type)
 
     def iter_chunks(self, names: Sequence[str], chunk_rows: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(first row, arrays) row group by row group (`chunk_rows` is ignored: groups are the unit)."""

@@ -124,6 +124,18 @@ class SpotCheckpoint(L.Callback):
         self._resume = checkpoint.get("tsa_resume")
 
 
+def gpu_fields(device: torch.device) -> str:
+    """` gpu_utilization=..; gpu_memory_gib=..;` on a GPU (utilisation over the last sample period, from
+    NVML, when it can be read; the peak memory this process allocated), empty elsewhere."""
+    if device.type != "cuda":
+        return ""
+    try:
+        utilization = f" gpu_utilization={torch.cuda.utilization(device)};"
+    except Exception:  # NVML (pynvml) missing or unreadable: the utilisation is left out, never a crash
+        utilization = ""
+    return f"{utilization} gpu_memory_gib={torch.cuda.max_memory_allocated(device) / 2**30:.2f};"
+
+
 class MetricLines(L.Callback):
     """`METRIC ...;` lines for CloudWatch metric regexes; plain lines, no progress bars."""
 
@@ -143,7 +155,7 @@ class MetricLines(L.Callback):
         assert isinstance(pl_module, TsaSystem)
         loss = float(pl_module.last_step_loss) / max(len(batch["row"]), 1)
         print(f"METRIC step={step}; epoch={trainer.current_epoch}; step_loss={loss:.6g}; "
-              f"samples_per_second={rate:.1f};", flush=True)
+              f"samples_per_second={rate:.1f};{gpu_fields(pl_module.device)}", flush=True)
         self._scalars(trainer, {"train/step_loss": loss, "train/samples_per_second": rate}, step)
         self._last_time, self._samples = now, 0
 
