@@ -9,7 +9,10 @@ legacy CE(sum) loss, backward, Adam step) on two paths:
 
 - `model_step`: a batch already on the device, the same batch every step;
 - `full_loop`: batches through the project's real data path (memory-mapped `.npy` channel ->
-  `BatchStream` -> pinned, non-blocking copy to the device) and the step.
+  `BatchStream` -> pinned, non-blocking copy to the device) and the step;
+- `front_end`: only the order rows' embedding gather and feature aggregation (`embed_rows` of every
+  order encoder, forward and backward), with `share_of_step`: its time over the `model_step` time,
+  median over rounds.
 
 With `LEGACY_TSA_DIR` pointing at the legacy scripts (never vendored) it also times the legacy
 model's `model_step`. The variants are interleaved: after warm-up, each round times
@@ -97,6 +100,27 @@ class Step:
         else:
             loss.backward()
             self.optimizer.step()
+
+
+class FrontEnd:
+    """Forward and backward of the order encoders' front ends alone (`OrderAttentionLayer.embed_rows`)."""
+
+    def __init__(self, model: nn.Module, config: JobConfig) -> None:
+        self.model, self.config = model, config
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> None:
+        inputs, _ = model_inputs(batch, self.config.model)
+        if self.config.model.model_type == "single":
+            pairs = [(self.model.order_attention, inputs["x_cat"], inputs["x_num"])]
+        else:
+            cid, ccid = (inputs["x_seq_cat_cid"], inputs["x_seq_num_cid"]), (inputs["x_seq_cat_ccid"],
+                                                                              inputs["x_seq_num_ccid"])
+            pairs = [(self.model.order_attention_cid, *cid), (self.model.order_attention_ccid, *ccid),
+                     (self.model.gate_emb, *cid), (self.model.gate_emb, *ccid)]
+        self.model.zero_grad(set_to_none=True)
+        with autocast(self.config, next(self.model.parameters()).device):
+            total = sum(encoder.embed_rows(x_cat, x_num).float().sum() for encoder, x_cat, x_num in pairs)
+        total.backward()
 
 
 def synthetic_batch(config: JobConfig, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -217,7 +241,17 @@ def cells_for(name: str, folder: Path, batch_size: int, device: torch.device) ->
         cells.append(Cell(mode, "model_step", step, device_batches(config, batch_size, device)))
         if mode != "legacy":
             cells.append(Cell(mode, "full_loop", step, loader_batches(folder, config, batch_size, device)))
+            cells.append(Cell(mode, "front_end", FrontEnd(step.model, config),  # type: ignore[arg-type]
+                              device_batches(config, batch_size, device)))
     return cells
+
+
+def share_of_step(cell: Cell, cells: list[Cell]) -> float | None:
+    """For a `front_end` cell: median over rounds of its time over the same mode's `model_step` time."""
+    step = next((c for c in cells if c.mode == cell.mode and c.path == "model_step"), None)
+    if cell.path != "front_end" or step is None:
+        return None
+    return statistics.median(whole / part for part, whole in zip(cell.rates, step.rates, strict=True))
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -244,6 +278,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                           "ratio_to_exact": round(ratio, 3) if ratio is not None else None,
                           "gflop_per_sample": round(gflop, 3), "achieved_tflops": round(rate * gflop / 1e3, 3),
                           "utilisation": round(rate * gflop / 1e3 / peak, 4) if peak else None}
+                share = share_of_step(cell, cells)
+                if share is not None:
+                    result = {**result, "share_of_step": round(share, 3), "achieved_tflops": None,
+                              "utilisation": None}
                 print(json.dumps(result), flush=True)
                 results.append(result)
     return results

@@ -99,6 +99,19 @@ class OrderAttentionLayer(nn.Module):
         self.feature_aggregation_cat = FeatureAggregation(n_cat_features, floor_aggregation_widths)
         self.feature_aggregation_num = FeatureAggregation(n_num_features, floor_aggregation_widths)
 
+    @torch.jit.export
+    def embed_rows(self, x_cat: Tensor, x_num: Tensor) -> Tensor:
+        """The front end: each order row's table rows gathered and aggregated, `(B, L, E)` (E = 2d).
+
+        The `(B, L, nc, d)` gather is the step's largest tensor (memory-bound; `make bench` reports
+        this part's share of the step)."""
+        cat = self.embedding(x_cat.int())  # (B, L, nc, d); ids travel as float32 (Q17)
+        cat = self.feature_aggregation_cat(cat.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
+        ids = numerical_feature_ids(self.n_embedding, x_num, per_position=not self.fused)
+        num = self.embedding(ids) * x_num.unsqueeze(-1)  # (B, L, nn, d): each feature's row times its value
+        num = self.feature_aggregation_num(num.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
+        return torch.cat([cat, num], dim=-1)
+
     def forward(
         self,
         x_cat: Tensor,
@@ -108,12 +121,7 @@ class OrderAttentionLayer(nn.Module):
         key_padding_mask: Tensor | None,
     ) -> Tensor:
         batch = x_cat.shape[0]
-        cat = self.embedding(x_cat.int())  # (B, L, nc, d); ids travel as float32 (Q17)
-        cat = self.feature_aggregation_cat(cat.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
-        ids = numerical_feature_ids(self.n_embedding, x_num, per_position=not self.fused)
-        num = self.embedding(ids) * x_num.unsqueeze(-1)  # (B, L, nn, d): each feature's row times its value
-        num = self.feature_aggregation_num(num.permute(0, 1, 3, 2)).squeeze(-1)  # (B, L, d)
-        h = self.layer_norm_feature(torch.cat([cat, num], dim=-1).permute(1, 0, 2))  # (L, B, E)
+        h = self.layer_norm_feature(self.embed_rows(x_cat, x_num).permute(1, 0, 2))  # (L, B, E)
         h = torch.cat([h, self.dummy_order.unsqueeze(0).expand(1, batch, -1)], dim=0)  # (S, B, E)
         h = self.layer_norm(h)
         time: Tensor | None = None
