@@ -257,8 +257,8 @@ def share_of_step(cell: Cell, cells: list[Cell]) -> float | None:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    warmup, rounds = (5, args.rounds or 30) if gpu else (2, args.rounds or 20)
-    steps = args.steps_per_round or (5 if gpu else 1)
+    warmup, rounds = (5 if gpu else 2), args.rounds or 20
+    steps = args.steps_per_round or (3 if gpu else 1)
     peak = peak_tflops(device)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,9 +296,9 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=0, help="timed rounds after warm-up (default 30 GPU, 20 CPU)")
+    parser.add_argument("--rounds", type=int, default=0, help="timed rounds after warm-up (default 20)")
     parser.add_argument("--steps-per-round", type=int, default=0,
-                        help="steps per cell and round (default 5 GPU, 1 CPU)")
+                        help="steps per cell and round (default 3 GPU, 1 CPU)")
     parser.add_argument("--configs", default="eu,na")
     args = parser.parse_args()
     configure_allocator()
