@@ -88,9 +88,10 @@ def start(model_dir: Path, port: int, workdir: Path, env: dict[str, str] | None 
     fill and stall the server). `env` adds settings, e.g. `isolated_ports()`."""
     if shutil.which("java") is None:
         raise RuntimeError("TorchServe's frontend needs a Java runtime (17 or newer) on PATH; none was found")
-    if running_frontends():
-        raise RuntimeError(f"a TorchServe frontend already runs on this machine (PIDs {running_frontends()}): the "
-                           "toolkit supports one per machine; stop it first (torchserve --stop)")
+    running = running_frontends()
+    if running:
+        raise RuntimeError(f"a TorchServe frontend already runs on this machine (PIDs {running}): the toolkit "
+                           "supports one per machine; stop it first (torchserve --stop)")
     base, scratch = workdir / "opt_ml", workdir / "tmp"
     base.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(exist_ok=True)
