@@ -193,7 +193,12 @@ class RuntimeConfig(_Section):
     )
     log_every_n_steps: int = Field(50, description="Progress/metric line every N training steps.", ge=1)
     host_resolution_timeout_s: int = Field(
-        600, description="Multi-node jobs: seconds to wait for the master host's name to resolve before failing.",
+        600, description="Multi-node jobs: seconds to wait for every host's name to resolve before failing.",
+        ge=1, le=3600,
+    )
+    rendezvous_timeout_s: int = Field(
+        600, description="Multi-node jobs: seconds to wait for every host to join the job before training (each "
+        "host reports its checks, processes, config and checkpoint) before failing, naming the missing hosts.",
         ge=1, le=3600,
     )
     stop_check_every_n_steps: int = Field(

@@ -7,8 +7,9 @@ in `config.py`, field by field.
 
 Non-obvious: `resourceconfig.json` and `inputdataconfig.json` are optional (default: one host
 `localhost`, channels found on disk), and local mode omits `S3DistributionType` and
-`instance_groups`. `hosts` is sorted as strings by SageMaker (`algo-10` before `algo-2`), so
-node ranks come from `ResourceConfig.ordered_hosts`, which sorts by the numeric suffix.
+`instance_groups`; `checkpointconfig.json` exists when the job has a `CheckpointConfig`, and its
+`LocalPath` is the folder SageMaker syncs with S3. `hosts` is sorted as strings by SageMaker
+(`algo-10` before `algo-2`), so node ranks come from `ResourceConfig.ordered_hosts`, which sorts by the numeric suffix.
 Reference: ../shared/docs/sagemaker_contract.md §1.
 """
 
@@ -18,8 +19,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,13 +120,18 @@ class JobPaths:
         return self.output_dir / "success"
 
     @property
+    def checkpointconfig_file(self) -> Path:
+        """Written when the job has a `CheckpointConfig`: `S3Uri` and the `LocalPath` SageMaker syncs with it."""
+        return self.config_dir / "checkpointconfig.json"
+
+    @property
     def checkpoint_dir(self) -> Path:
         """`checkpoints`: SageMaker syncs it with `checkpoint_s3_uri` (down at start, up while running)."""
         return self.root / "checkpoints"
 
     def checkpoints(self, configured: str | None) -> Path:
-        """The checkpoint folder this job uses: the `checkpoint_dir` hyperparameter, else `checkpoints`."""
-        return Path(configured) if configured else self.checkpoint_dir
+        """The checkpoint folder this job uses, and why (logged): see `choose_checkpoint_dir`."""
+        return choose_checkpoint_dir(self, configured)
 
     def tensorboard(self, configured: str | None) -> Path | None:
         """The TensorBoard folder: `tensorboard_dir`, else `output/tensorboard` if it exists (SageMaker syncs it)."""
@@ -162,12 +168,52 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class InstanceGroup:
+    """One instance group of a heterogeneous cluster: its name, instance type and hosts."""
+
+    name: str
+    instance_type: str
+    hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ResourceConfig:
-    """The cluster as `resourceconfig.json` describes it (one `localhost` if absent)."""
+    """The cluster as `resourceconfig.json` describes it (one `localhost` if absent).
+
+    `hosts` are the hosts this job trains on: every host of the job, or, when the estimator names
+    the groups to distribute over (`restricted_to`), the hosts of those groups.
+    """
 
     current_host: str = "localhost"
     hosts: tuple[str, ...] = ("localhost",)
     network_interface_name: str | None = None
+    current_instance_type: str | None = None
+    current_group_name: str | None = None
+    instance_groups: tuple[InstanceGroup, ...] = ()
+    raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)  # the file, for the toolkit
+
+    @property
+    def trains_here(self) -> bool:
+        """Whether this host is one of the training hosts (a host of another instance group is not)."""
+        return self.current_host in self.hosts
+
+    def group_of(self, host: str) -> InstanceGroup | None:
+        return next((group for group in self.instance_groups if host in group.hosts), None)
+
+    def describe_host(self, host: str) -> str:
+        """`algo-2` or `algo-2 (group 'train', ml.g5.xlarge)`: how messages name a host."""
+        group = self.group_of(host)
+        return f"{host} (group '{group.name}', {group.instance_type})" if group else host
+
+    def restricted_to(self, group_names: Sequence[str]) -> ResourceConfig:
+        """The same cluster training on the hosts of `group_names` only (the estimator's distribution groups)."""
+        known = [group.name for group in self.instance_groups]
+        unknown = [name for name in group_names if name not in known]
+        if unknown:
+            raise ConfigError([f"hyperparameter '{DISTRIBUTION_GROUPS_KEY}' names instance group(s) {unknown} that "
+                               f"resourceconfig.json does not have: allowed are {known}"])
+        hosts = tuple(host for group in self.instance_groups if group.name in group_names for host in group.hosts)
+        return replace(self, hosts=hosts)
 
     @property
     def ordered_hosts(self) -> list[str]:
@@ -244,11 +290,76 @@ def read_resource_config(paths: JobPaths) -> ResourceConfig:
         raise ConfigError([f"file '{file}': 'hosts' = {hosts!r} names {repeated} twice: every host once"])
     if current not in hosts:
         raise ConfigError([f"file '{file}': 'current_host' = {current!r}: expected one of {hosts}"])
+    groups = _instance_groups(file, data.get("instance_groups"), hosts)
+    group_name = data.get("current_group_name")
+    if groups and group_name not in [group.name for group in groups]:
+        raise ConfigError([f"file '{file}': 'current_group_name' = {group_name!r}: expected one of "
+                           f"{[group.name for group in groups]} (the instance_groups)"])
     return ResourceConfig(
         current_host=current,
         hosts=tuple(hosts),
         network_interface_name=data.get("network_interface_name"),
+        current_instance_type=data.get("current_instance_type"),
+        current_group_name=group_name,
+        instance_groups=groups,
+        raw=data,
     )
+
+
+def _instance_groups(file: Path, value: Any, hosts: list[str]) -> tuple[InstanceGroup, ...]:
+    """`instance_groups`: each a name, an instance type and hosts; together every host exactly once."""
+    if value is None:
+        return ()
+    shape = "expected a list of {instance_group_name, instance_type, hosts}"
+    if not isinstance(value, list):
+        raise ConfigError([f"file '{file}': 'instance_groups' = {value!r}: {shape}"])
+    groups = []
+    for item in value:
+        ok = (isinstance(item, dict) and isinstance(item.get("instance_group_name"), str)
+              and isinstance(item.get("instance_type"), str) and isinstance(item.get("hosts"), list)
+              and all(isinstance(host, str) for host in item["hosts"]))
+        if not ok:
+            raise ConfigError([f"file '{file}': 'instance_groups' entry {item!r}: {shape}"])
+        groups.append(InstanceGroup(item["instance_group_name"], item["instance_type"], tuple(item["hosts"])))
+    listed = [host for group in groups for host in group.hosts]
+    if sorted(listed) != sorted(hosts):
+        raise ConfigError([f"file '{file}': the hosts of 'instance_groups' ({sorted(listed)}) are not the 'hosts' "
+                           f"({sorted(hosts)}): every host must be in exactly one group"])
+    return tuple(groups)
+
+
+DISTRIBUTION_GROUPS_KEY = "sagemaker_distribution_instance_groups"  # distribution={"instance_groups": [...]}
+
+
+def training_resources(resources: ResourceConfig, hyperparameters: Mapping[str, Any]) -> ResourceConfig:
+    """The hosts this job trains on: the estimator's distribution groups when it names them, else every host."""
+    value = hyperparameters.get(DISTRIBUTION_GROUPS_KEY)
+    if value is None or not resources.instance_groups:
+        return resources
+    names = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise ConfigError([f"hyperparameter '{DISTRIBUTION_GROUPS_KEY}' = {value!r}: expected a non-empty list of "
+                           "instance group names"])
+    return resources.restricted_to(names)
+
+
+def choose_checkpoint_dir(paths: JobPaths, configured: str | None) -> Path:
+    """The checkpoint folder: `checkpointconfig.json`'s `LocalPath` (the folder SageMaker syncs with S3), else
+    the `checkpoint_dir` hyperparameter, else `checkpoints`; a `checkpoint_dir` that names another folder than
+    `LocalPath` is refused (SageMaker would not sync it, so a spot job would resume from nothing).
+    """
+    data = read_json_object(paths.checkpointconfig_file, required=False) or {}
+    local = data.get("LocalPath")
+    if local is not None and (not isinstance(local, str) or not local.startswith("/")):
+        raise ConfigError([f"file '{paths.checkpointconfig_file}': 'LocalPath' = {local!r}: expected an absolute "
+                           "folder path"])
+    if local and configured and Path(configured).resolve() != Path(local).resolve():
+        raise ConfigError([
+            f"hyperparameter 'checkpoint_dir' = '{configured}' differs from CheckpointConfig.LocalPath = '{local}' "
+            f"({paths.checkpointconfig_file}), the folder SageMaker syncs with S3: remove checkpoint_dir, or set "
+            "it to the same folder"
+        ])
+    return Path(local or configured or paths.checkpoint_dir)
 
 
 def check_writable(folder: Path, what: str, needed_bytes: int = 0) -> None:

@@ -30,27 +30,31 @@ from tsa.config import JobConfig
 from tsa.contract import (
     Channel,
     JobPaths,
+    ResourceConfig,
     check_writable,
     load_hyperparameters,
     read_channels,
     read_resource_config,
+    training_resources,
 )
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
+from tsa.data.sharding import HostShards
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
 from tsa.toolkit import check_script_mode_contract, export_sm_environment, run_script_mode, script_mode_requested
 from tsa.training.callbacks import LAST_CHECKPOINT
+from tsa.training.cluster import SHARDS_ENV, export_shards, inherited_shards, meet
 from tsa.training.plan import (
+    RunPlan,
     check_memory,
     configure_environment,
     is_launched_worker,
     output_bytes,
     plan_run,
-    wait_for_host,
 )
 from tsa.training.result import TrainingResult
 from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
-from tsa.training.trainer import fit
+from tsa.training.trainer import BEST_WEIGHTS, fit
 
 log = logging.getLogger("tsa")
 
@@ -146,7 +150,7 @@ def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[s
 
 
 def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
-    """The `tsa train` job: validate, fit, and (global rank 0) export the artifacts.
+    """The `tsa train` job: validate, agree with the other hosts, fit, and (global rank 0) export the artifacts.
 
     Returns the final metrics per split on global rank 0 (empty elsewhere).
     """
@@ -155,31 +159,25 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     raw = load_hyperparameters(paths) if hyperparameters is None else dict(hyperparameters)
     config = JobConfig.from_hyperparameters(raw)
     check_stop("before training (while reading the config)")
-    resources = read_resource_config(paths)
+    resources = training_resources(read_resource_config(paths), raw)
+    if not resources.trains_here:
+        log.info("host %s is not in the training instance groups (hosts %s): nothing to train here",
+                 resources.describe_host(resources.current_host), list(resources.hosts))
+        return {}
     channels = read_channels(paths)
     plan = plan_run(config, resources)
     checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
-    if not is_launched_worker():  # the ranks Lightning starts inherit this process's environment
-        export_sm_environment(paths, resources, channels, raw)
-        check_memory(config, plan)
-        needed = output_bytes(config)
-        for folder, what, key in ((paths.model_dir, "model folder", "model"),
-                                  (paths.output_data_dir, "output folder", "output"),
-                                  (checkpoint_dir, "checkpoint folder", "checkpoints")):
-            check_writable(folder, what, needed[key])
-        validate_job_data(config, channels)
-        check_stop("before training (while validating the data)")
-        log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
-        log.info("run plan: %s", plan.describe(resources.current_host))
+    if is_launched_worker():  # the ranks Lightning starts inherit the launcher's checks and agreement
+        host_shards = inherited_shards()
+    else:
+        host_shards = prepare_host(paths, config, raw, resources, channels, plan, checkpoint_dir)
     configure_environment(plan.world)
-    if plan.world.num_nodes > 1:
-        wait_for_host(os.environ["MASTER_ADDR"], config.runtime.host_resolution_timeout_s)
     check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
     result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
-                 tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir))
+                 tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards)
     distributed = dist.is_available() and dist.is_initialized()
     final: dict[str, dict[str, float]] = {}
     try:
@@ -192,6 +190,43 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
             dist.barrier()
             dist.destroy_process_group()
     return final
+
+
+def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], resources: ResourceConfig,
+                 channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path) -> HostShards:
+    """Once per host, before training: the environment, every check, and (several hosts) the agreement.
+
+    On a multi-host job a failed check is first reported to the other hosts, so that every host stops
+    with it instead of waiting for this one.
+    """
+    export_sm_environment(paths, resources, channels, raw)
+    log.info("checkpoint folder: %s", checkpoint_dir)
+    error: JobError | None = None
+    rows: dict[str, int] = {}
+    try:
+        check_memory(config, plan)
+        needed = output_bytes(config)
+        for folder, what, key in ((paths.model_dir, "model folder", "model"),
+                                  (paths.output_data_dir, "output folder", "output"),
+                                  (checkpoint_dir, "checkpoint folder", "checkpoints")):
+            check_writable(folder, what, needed[key])
+        rows = validate_job_data(config, channels)
+    except JobError as exc:
+        if resources.num_nodes == 1:
+            raise
+        error = exc
+    check_stop("before training (while validating the data)")
+    if error is None:
+        log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
+        log.info("run plan: %s", plan.describe(resources.current_host))
+    if resources.num_nodes == 1:
+        os.environ.pop(SHARDS_ENV, None)
+        return HostShards()
+    resume_from = [checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_WEIGHTS]
+    sharded = {name: rows[name] for name, channel in channels.items() if channel.sharded_by_host and name in rows}
+    shards = meet(resources, config, plan.world, resume_from, sharded_rows=sharded, local_error=error)
+    export_shards(shards)
+    return shards
 
 
 def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,

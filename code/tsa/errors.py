@@ -55,6 +55,9 @@ class CheckpointError(JobError):
     """A checkpoint or legacy weight file cannot be used with this configuration."""
 
 
+class ClusterError(JobError):
+    """Another host: it does not resolve, does not join in time, failed, or disagrees with this one."""
+
 
 class OutputError(JobError):
     """An output folder (model, output, checkpoints) cannot be written: disk full, read-only, permissions."""

@@ -73,9 +73,9 @@ def sm_environment(paths: JobPaths, resources: ResourceConfig, channels: Mapping
                    hyperparameters: Mapping[str, Any]) -> dict[str, str]:
     """The `SM_*` variables of this job, as the toolkit derives them from the validated contract."""
     environment = _toolkit_environment_module(paths)
-    resource_config = {"current_host": resources.current_host, "hosts": list(resources.hosts)}
-    if resources.network_interface_name:
-        resource_config["network_interface_name"] = resources.network_interface_name
+    # The validated file as it is (instance type and groups included), else the one-host default.
+    resource_config = dict(resources.raw) if resources.raw else {"current_host": resources.current_host,
+                                                                 "hosts": list(resources.hosts)}
     input_data_config = {name: {"TrainingInputMode": channel.input_mode,
                                 "S3DistributionType": channel.distribution} for name, channel in channels.items()}
     env = environment.Environment(resource_config=resource_config, input_data_config=input_data_config,

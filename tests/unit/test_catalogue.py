@@ -318,10 +318,10 @@ def little_free_space(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
 
 def unresolvable_hosts(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     """Name resolution as for a host that does not exist (no query leaves the sandbox)."""
-    def gethostbyname(host: str) -> str:
+    def getaddrinfo(host: str, *args: object) -> list[object]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    monkeypatch.setattr(socket, "gethostbyname", gethostbyname)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 # --- a publish interrupted by SIGKILL -------------------------------------------------------------
@@ -561,7 +561,7 @@ CATALOGUE: list[Case] = [
     Case("no_hosts", 8, config_job(resourceconfig={"current_host": "algo-1", "hosts": []}), 2,
          "'hosts' = []: expected a non-empty list of host names"),
     Case("master_never_resolves", 8, trained_job({"host_resolution_timeout_s": "1"}, resourceconfig=TWO_HOSTS), 2,
-         "master host 'algo-1' did not resolve within 1", inject=unresolvable_hosts),
+         "host 'algo-1' of resourceconfig.json did not resolve within 1 s", inject=unresolvable_hosts),
     # 9. Minor: the files named, duplicate keys refused, every key known.
     Case("missing_hyperparameters_file", 9, config_job(remove_hyperparameters=True), 2,
          "hyperparameters.json' is missing"),

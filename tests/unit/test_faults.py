@@ -29,25 +29,28 @@ def test_sigterm_only_sets_a_flag_and_the_next_safe_point_stops() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_master_host_that_never_resolves_fails_with_its_name() -> None:
+def test_a_host_that_never_resolves_fails_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bounded wait with log lines, then the host named (no real DNS query leaves the sandbox here)."""
     import socket
     import time
 
-    from tsa.errors import ChannelError
-    from tsa.training.plan import wait_for_host
+    from tsa.errors import ClusterError
+    from tsa.training import cluster
 
     calls = []
 
-    def unresolvable(host: str) -> None:
+    def unresolvable(host: str, *args: object) -> None:
         calls.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
+    monkeypatch.setattr(cluster, "POLL_S", 0.05)
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
     started = time.monotonic()
-    with pytest.raises(ChannelError, match=r"^master host 'algo-1' did not resolve within 0.3 s"):
-        wait_for_host("algo-1", timeout_s=0.3, poll_s=0.05, resolve=unresolvable)
-    assert 0.3 <= time.monotonic() - started < 5 and len(calls) > 1
-    wait_for_host("localhost", timeout_s=1)  # resolves from /etc/hosts
+    with pytest.raises(ClusterError, match=r"^host 'algo-1' of resourceconfig.json did not resolve within 0.3 s"):
+        cluster.resolve_hosts(["algo-1", "algo-2"], timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 5 and calls.count("algo-1") > 1 and "algo-2" in calls
+    monkeypatch.undo()
+    cluster.resolve_hosts(["localhost"], timeout_s=1)  # resolves from /etc/hosts
 
 
 def test_convert_refuses_an_object_array_naming_the_file(tmp_path: Path) -> None:

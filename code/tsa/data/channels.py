@@ -20,7 +20,10 @@ from tsa.errors import ChannelError
 ChannelSource = NpyChannel | ParquetChannel
 
 
-def detect_format(folder: Path, channel: str) -> str:
+SHARDED = "ShardedByS3Key"
+
+
+def detect_format(folder: Path, channel: str, sharded: bool = False) -> str:
     """`npy` or `parquet` by the files present; a channel with neither is an error."""
     has_npy = any(folder.glob("*.npy"))
     has_parquet = any(folder.glob("*.parquet"))
@@ -30,8 +33,10 @@ def detect_format(folder: Path, channel: str) -> str:
             "or set data_format to choose"
         )
     if not (has_npy or has_parquet):
+        why = (f" ({SHARDED} gives a host no files when the channel has fewer S3 objects than the job has hosts: "
+               "write at least one Parquet file per host)" if sharded else "")
         raise ChannelError(
-            f"channel '{channel}' ({folder}) is empty: expected legacy .npy arrays or .parquet files"
+            f"channel '{channel}' ({folder}) is empty: expected legacy .npy arrays or .parquet files{why}"
         )
     return "npy" if has_npy else "parquet"
 
@@ -40,8 +45,15 @@ def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
     """The channel's data, opened lazily (nothing is loaded into memory here)."""
     fmt = config.data.data_format
     if fmt == "auto":
-        fmt = detect_format(channel.path, channel.name)
+        fmt = detect_format(channel.path, channel.name, channel.sharded_by_host)
     specs = array_specs(config.model)
+    if fmt == "npy" and channel.sharded_by_host:
+        raise ChannelError(
+            f"channel '{channel.name}' has S3DistributionType '{SHARDED}', but its legacy .npy layout is one S3 "
+            "object per array, so sharding by key hands each host some of the arrays, not some of the rows: use "
+            "'FullyReplicated' for it, or convert it to Parquet (`tsa data convert SRC DST --to parquet`, several "
+            "files), the layout that shards by rows"
+        )
     if fmt == "npy":
         return NpyChannel(channel.name, channel.path, config.data.data_version, specs)
     return ParquetChannel(channel.name, channel.path, specs)

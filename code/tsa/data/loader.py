@@ -3,7 +3,7 @@
 `BatchStream` is an `IterableDataset` over one channel: for its rank and DataLoader worker it
 takes the epoch's batches (`sharding`), gathers each batch's rows with one vectorised read
 (memory map fancy-indexing, or the Parquet row groups it touches) and returns the legacy batch
-dict plus `row` (global row numbers, used to put predictions back in order without duplicates).
+dict plus `row` (job-wide row numbers, used to put predictions back in order without duplicates).
 The epoch is set by the training loop before each epoch (`set_epoch`); `start_batch` skips the
 batches a resumed run already trained on.
 """
@@ -53,10 +53,12 @@ class BatchStream(IterableDataset):
     """The batches of one channel for one rank, split across DataLoader workers."""
 
     def __init__(
-        self, source: ChannelSource, model_type: str, batch_size: int, shard: ShardSpec, max_rows: int | None = None
+        self, source: ChannelSource, model_type: str, batch_size: int, shard: ShardSpec, max_rows: int | None = None,
+        row_offset: int = 0,
     ) -> None:
         super().__init__()
         self.source, self.model_type, self.batch_size, self.shard = source, model_type, batch_size, shard
+        self.row_offset = row_offset  # added to `row`: the job-wide number of this host's first row (HostShards)
         self.num_rows = min(source.num_rows, max_rows) if max_rows else source.num_rows
         self.names: Sequence[str] = source.names
         self.epoch = 0
@@ -90,7 +92,7 @@ class BatchStream(IterableDataset):
         for index in worker_batch_ids(len(batches), worker, workers, contiguous=self.group_starts is not None):
             rows = batches[index]
             batch = self.source.batch(rows, self.model_type)
-            batch["row"] = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            batch["row"] = torch.from_numpy(np.asarray(rows, dtype=np.int64) + self.row_offset)
             yield batch
 
 

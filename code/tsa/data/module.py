@@ -9,7 +9,10 @@ after the last one trained.
 Sharding: a channel SageMaker copies to every host (`FullyReplicated`) is split across all
 ranks of the job; a channel it already split per host (`ShardedByS3Key`) is split across the
 ranks of this host only, and training pads every rank to the largest per-rank row count of the
-job, so all ranks run the same number of steps.
+job, so all ranks run the same number of steps. A host-sharded evaluation channel is read in row
+order, each row once, numbered job-wide (`HostShards`): the gathered pass covers every host's
+rows, as the row-order evaluation (`fix_evaluation_order`) of one channel holding all of them would.
+The legacy order (a permutation of one channel's rows) has no meaning across hosts.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data.channels import ChannelSource, open_channel
 from tsa.data.loader import BatchStream, make_loader
-from tsa.data.sharding import ShardSpec
+from tsa.data.sharding import HostShards, ShardSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +50,13 @@ class Position:
 class TsaDataModule(L.LightningDataModule):
     """Batches of the train / validation / calibration / test channels for this rank."""
 
-    def __init__(self, config: JobConfig, channels: dict[str, Channel], pin_memory: bool = False) -> None:
+    def __init__(self, config: JobConfig, channels: dict[str, Channel], pin_memory: bool = False,
+                 host_shards: HostShards | None = None) -> None:
         super().__init__()
         self.config = config
         self.channels = channels
         self.pin_memory = pin_memory
+        self.host_shards = host_shards or HostShards()  # channels whose rows differ between hosts
         self.sources: dict[str, ChannelSource] = {}
         self.streams: dict[str, BatchStream] = {}
         self.position = Position()
@@ -131,9 +137,11 @@ class TsaDataModule(L.LightningDataModule):
         source = self.sources[name]
         rank, world = self._place(name)
         rows_per_rank = self._training_rows_per_rank(source, world) if training else None
-        sampled = training or not self.config.train.fix_evaluation_order
+        sampled = training or self.legacy_evaluation(name)
         shard = ShardSpec(rank=rank, world=world, shuffle=sampled, pad=sampled, rows_per_rank=rows_per_rank)
-        stream = BatchStream(source, self.config.model.model_type, self.config.train.batch_size, shard, self.max_rows)
+        offset = self.host_shards.offset(name, self.max_rows) if name in self.host_shards and not training else 0
+        stream = BatchStream(source, self.config.model.model_type, self.config.train.batch_size, shard, self.max_rows,
+                             row_offset=offset)
         self._place_stream(name, stream)
         self.streams[name] = stream
         return stream
@@ -154,11 +162,36 @@ class TsaDataModule(L.LightningDataModule):
         stream.set_epoch(epoch)
         return self.loader(stream)
 
-    def row_counts(self) -> dict[str, int]:
-        """Examples per channel (what a checkpoint records of the data it was trained on)."""
+    def legacy_evaluation(self, name: str) -> bool:
+        """Whether channel `name` is evaluated in the legacy sampler order (else in row order, each row once)."""
+        return not self.config.train.fix_evaluation_order and name not in self.host_shards
+
+    def row_counts(self) -> dict[str, int | list[int]]:
+        """Examples per channel, job-wide (what a checkpoint records of the data it was trained on): a channel
+        split across hosts counts every host's rows, in node order, so every host records the same."""
         self.setup()
-        return {name: int(source.num_rows) for name, source in sorted(self.sources.items())}
+        return {name: list(self.host_shards.rows[name]) if name in self.host_shards else int(source.num_rows)
+                for name, source in sorted(self.sources.items())}
 
     def ids(self, name: str, rows: np.ndarray) -> np.ndarray | None:
-        """The example ids of `rows` of channel `name` (None when the format has none)."""
-        return self.sources[name].ids(rows)
+        """The example ids of job-wide `rows` of channel `name` (None when the format has none).
+
+        For a channel split across hosts each host looks up its own rows and the ranks exchange them
+        (a collective: every rank calls it).
+        """
+        source = self.sources[name]
+        if name not in self.host_shards:
+            return source.ids(rows)
+        start = self.host_shards.offset(name, self.max_rows)
+        mine = np.flatnonzero((rows >= start) & (rows < start + min(source.num_rows, self.max_rows or source.num_rows)))
+        local = source.ids(rows[mine] - start)
+        parts: list[Any] = [(mine, local)]
+        if dist.is_available() and dist.is_initialized():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (mine, local))
+        if any(values is None for _, values in parts):
+            return None
+        ids = np.empty(len(rows), dtype=object)
+        for positions, values in parts:
+            ids[positions] = values
+        return ids

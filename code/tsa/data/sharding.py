@@ -10,12 +10,17 @@ no padding) reads every row exactly once across ranks and workers.
 
 Ranks must run the same number of training steps (DDP), so training pads each rank to the same
 row count; at most world-1 rows repeat per epoch, exactly like the legacy sampler.
+
+A channel SageMaker split across hosts (`ShardedByS3Key`) holds different rows on every host
+(`HostShards`): host h's rows are numbered after those of hosts 0..h-1, so an evaluation
+gathered from every host keys each example once, in the order of the hosts' shards.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,6 +37,21 @@ class ShardSpec:
     shuffle: bool = False
     pad: bool = False
     rows_per_rank: int | None = None  # pad target when ranks hold different channels (ShardedByS3Key)
+
+
+@dataclass(frozen=True)
+class HostShards:
+    """Channels split across hosts: every host's row count, in node order, and this host's node rank."""
+
+    node_rank: int = 0
+    rows: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __contains__(self, channel: object) -> bool:
+        return channel in self.rows
+
+    def offset(self, channel: str, max_rows: int | None = None) -> int:
+        """The job-wide number of this host's first row of `channel` (each host reads at most `max_rows`)."""
+        return sum(min(n, max_rows or n) for n in self.rows[channel][:self.node_rank])
 
 
 def epoch_order(num_rows: int, epoch: int, shuffle: bool, group_starts: np.ndarray | None) -> np.ndarray:

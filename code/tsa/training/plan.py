@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +28,7 @@ import torch.distributed as dist
 
 from tsa.config import JobConfig, Precision, RuntimeConfig
 from tsa.contract import ResourceConfig
-from tsa.errors import ChannelError, ConfigError
+from tsa.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +133,6 @@ def plan_run(config: JobConfig, resources: ResourceConfig, gpus: int | None = No
     fast = config.runtime.fast_mode
     return RunPlan(world=world, precision=precision_for(config.runtime, on_gpu), fused_attention=fast,
                    compile_model=fast and on_gpu, fast_matmul=fast)
-
-
-def wait_for_host(host: str, timeout_s: float, poll_s: float = 2.0,
-                  resolve: Callable[[str], object] | None = None) -> None:
-    """Block until `host` resolves (a multi-node job's master), logging while it waits; fail after `timeout_s`."""
-    resolve = resolve or socket.gethostbyname
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            resolve(host)
-            return
-        except OSError as exc:
-            if time.monotonic() >= deadline:
-                raise ChannelError(
-                    f"master host '{host}' did not resolve within {timeout_s} s ({exc.strerror or exc}): check the "
-                    "hosts of resourceconfig.json and the cluster's network, or raise host_resolution_timeout_s"
-                ) from exc
-            log.info("waiting for the master host '%s' to resolve (%s)", host, exc.strerror or exc)
-            time.sleep(poll_s)
 
 
 def configure_environment(layout: WorldLayout) -> None:

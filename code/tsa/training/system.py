@@ -56,7 +56,6 @@ class TsaSystem(L.LightningModule):
         self.best_weights = best_weights  # the selected model's weights, written when the best model changes
         self.selection = ModelSelection(patience=config.train.patience, max_epoch=config.train.max_epoch)
         self.trace = trace or RunTrace(None)
-        self.legacy_evaluation = not config.train.fix_evaluation_order
         # A compiled forward of the same module (the plan decides: fast mode on GPU). A plain callable,
         # not a submodule, so checkpoints and exported weights keep the model's keys.
         self._forward: Callable[..., tuple[Tensor, Tensor]] = (
@@ -118,7 +117,7 @@ class TsaSystem(L.LightningModule):
         self.trace.extend("validation_rows", batch["row"].tolist())
 
     def on_validation_epoch_end(self) -> None:
-        scores = self._validation.gather(legacy_order=self.legacy_evaluation)
+        scores = self._validation.gather(legacy_order=self.data.legacy_evaluation("validation"))
         self._validation = EvaluationPass()
         if self.trainer.sanity_checking:
             return
@@ -146,8 +145,12 @@ class TsaSystem(L.LightningModule):
         )
 
     def _select(self, result: EpochResult) -> None:
-        """The legacy rules: keep the weights of a strictly better rounded AUC; stop on patience."""
-        if self.selection.update(result.validation_auc, result.epoch) and self.trainer.is_global_zero:
+        """The legacy rules: keep the weights of a strictly better rounded AUC; stop on patience.
+
+        Every host writes the best weights into its own checkpoint folder (local rank 0): each host's
+        final scoring reloads them from there.
+        """
+        if self.selection.update(result.validation_auc, result.epoch) and self.trainer.local_rank == 0:
             self._write_best_weights()
         if self.selection.should_stop:
             log.info("early stopping after epoch %d: validation AUC did not improve for %d epochs",
@@ -155,7 +158,7 @@ class TsaSystem(L.LightningModule):
             self.trainer.should_stop = True
 
     def _write_best_weights(self) -> None:
-        tmp = self.best_weights.with_suffix(".tmp")
+        tmp = self.best_weights.with_suffix(f".{os.getpid()}.tmp")  # hosts may share the folder
         try:
             self.best_weights.parent.mkdir(parents=True, exist_ok=True)
             write_safetensors(project_state_dict(self.model), tmp)
@@ -187,7 +190,7 @@ class TsaSystem(L.LightningModule):
                 scored.add(batch["row"], batch_scores, y, loss)
                 self.trace.extend("rows", batch["row"].tolist())
         self.trace.write()
-        return scored.gather(legacy_order=self.legacy_evaluation)
+        return scored.gather(legacy_order=self.data.legacy_evaluation(name))
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.config.train)

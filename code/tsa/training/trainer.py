@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import TsaDataModule
+from tsa.data.sharding import HostShards
 from tsa.errors import CheckpointError
 from tsa.models import build_model
 from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
@@ -61,7 +62,7 @@ def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return keys
 
 
-def check_resumable(path: Path, config: JobConfig, rows: dict[str, int]) -> None:
+def check_resumable(path: Path, config: JobConfig, rows: dict[str, int | list[int]]) -> None:
     """Refuse a `last.ckpt` that cannot be read safely or was written by another job, before training.
 
     Loaded with `weights_only=True` (tensors and plain containers only: a pickle that would run
@@ -131,7 +132,8 @@ EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
 def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
-        work_dir: Path, trace_dir: Path | None = None, tensorboard_dir: Path | None = None) -> TrainingResult:
+        work_dir: Path, trace_dir: Path | None = None, tensorboard_dir: Path | None = None,
+        host_shards: HostShards | None = None) -> TrainingResult:
     """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
 
     The final scoring is the legacy post-training pass: every rank reloads the best weights and
@@ -146,7 +148,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     trace.record_init(model)
     best = checkpoint_dir / BEST_WEIGHTS
     system = TsaSystem(model, config, plan, best, trace)
-    datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory)
+    datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory, host_shards=host_shards)
     stop = StopSignal(config.runtime.stop_check_every_n_steps)
     callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
     trainer = build_trainer(config, plan, callbacks, work_dir, tensorboard_dir)
