@@ -477,7 +477,7 @@ CATALOGUE: list[Case] = [
          "writing the checkpoint failed at '{root}/checkpoints/last.ckpt.tmp' (No space left on device)",
          inject=checkpoint_write_fails),
     Case("best_weights_volume_fills", 5, trained_job(), 2,
-         "writing the best model's weights failed at '{root}/checkpoints/best-model.tmp' (No space left",
+         "writing the best model's weights failed at '{root}/checkpoints/best-model.",
          inject=writes_fail("checkpoints/best-model")),
     Case("output_volume_fills", 5, trained_job(), 2,
          "writing the artifacts failed at '{root}/output/data/predictions_validation.csv' (No space left",
