@@ -43,7 +43,7 @@ from tsa.data.sharding import HostShards
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
 from tsa.toolkit import check_script_mode_contract, export_sm_environment, run_script_mode, script_mode_requested
 from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.cluster import SHARDS_ENV, export_shards, inherited_shards, meet
+from tsa.training.cluster import SHARDS_ENV, export_shards, inherited_shards, meet, peers_watched
 from tsa.training.plan import (
     RunPlan,
     check_memory,
@@ -176,8 +176,9 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
-                 tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards)
+    with peers_watched(plan.world, checkpoint_dir):
+        result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
+                     tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards)
     distributed = dist.is_available() and dist.is_initialized()
     final: dict[str, dict[str, float]] = {}
     try:

@@ -380,3 +380,23 @@ def test_l_a_host_that_fails_its_checks_stops_every_host_at_once(tmp_path: Path,
     assert outcome.failure(roots[1]).startswith("channel 'validation'")
     assert outcome.failure(roots[0]).startswith("host algo-2 failed its checks before training, so every host stops: "
                                                 "channel 'validation'")
+
+
+@pytest.mark.xdist_group("sharded")
+def test_m_a_host_killed_during_training_ends_the_other_with_a_clear_cause(sharded_job: list[Path],
+                                                                           tmp_path: Path) -> None:
+    data = {host: (root / "input/data").resolve() for host, root in zip(HOSTS, sharded_job, strict=True)}
+    roots = cluster_jobs(tmp_path, HP, inputdataconfig=SHARDED, data=data)
+    started = time.monotonic()
+    procs = start(roots)
+    assert procs[0].stdout is not None
+    for line in procs[0].stdout:
+        if line.startswith("METRIC step=3;"):
+            procs[1].send_signal(signal.SIGKILL)  # host 2 vanishes (a hardware failure, the OOM killer)
+            break
+    killed_at = time.monotonic()
+    outcome = finish(procs, started, timeout=120)
+    assert outcome.codes[0] == 2, outcome.show()
+    assert time.monotonic() - killed_at < 60
+    assert outcome.failure(roots[0]).startswith("lost another process of the job during training")
+    assert not (roots[0] / "model/model.safetensors").exists()

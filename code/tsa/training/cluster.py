@@ -18,6 +18,7 @@ reach the ranks Lightning starts through one environment variable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -267,6 +268,29 @@ def meet(resources: ResourceConfig, config: JobConfig, world: WorldLayout, check
     log.info("cluster: %d hosts agree (%d %s process(es) each%s)", len(reports), report.processes,
              report.accelerator, f"; host-sharded channels: {dict(shards.rows)}" if shards.rows else "")
     return shards
+
+
+# A collective whose peer is gone: gloo's transport errors are plain RuntimeErrors naming gloo; NCCL's and
+# the store's are DistErrors.
+PEER_LOST_MARKS = ("gloo/transport", "Connection closed by peer", "Connection reset by peer")
+
+
+@contextlib.contextmanager
+def peers_watched(world: WorldLayout, checkpoint_dir: Path) -> Iterator[None]:
+    """Training's collectives: a peer process that died or vanished is the environment's failure (exit 2),
+    named as such, not an internal error of this process."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        lost = isinstance(exc, DistError) or any(mark in text for mark in PEER_LOST_MARKS)
+        if world.world_size <= 1 or not lost:
+            raise
+        raise ClusterError(
+            f"lost another process of the job during training ({text.splitlines()[0][:300]}): a rank on this or "
+            "another host failed, was killed or lost the network; see the other hosts' logs; the job resumes from "
+            f"'{checkpoint_dir}' when it runs again"
+        ) from exc
 
 
 def export_shards(shards: HostShards) -> None:
