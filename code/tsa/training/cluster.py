@@ -179,19 +179,15 @@ def _wait_for_keys(store: TCPStore, keys: Mapping[str, str], deadline: _Deadline
     def missing() -> list[str]:
         return [host for key, host in keys.items() if not store.check([key])]
 
-    try:
-        while missing():
-            if deadline.passed:
-                hosts = missing()
-                raise ClusterError(
-                    f"host(s) {', '.join(hosts)} did not {what} within {deadline.timeout_s:g} s "
-                    "(rendezvous_timeout_s): they did not start, failed before training, or cannot reach the master; "
-                    "see their logs"
-                )
-            deadline.pause(lambda: f"; missing: {', '.join(missing())}")
-    except DistError as exc:
-        raise ClusterError(f"lost the rendezvous with the master host while waiting for the hosts to {what} "
-                           f"({str(exc).splitlines()[0]}): see the master's log") from exc
+    while missing():
+        if deadline.passed:
+            hosts = missing()
+            raise ClusterError(
+                f"host(s) {', '.join(hosts)} did not {what} within {deadline.timeout_s:g} s "
+                "(rendezvous_timeout_s): they did not start, failed before training, or cannot reach the master; "
+                "see their logs"
+            )
+        deadline.pause(lambda: f"; missing: {', '.join(missing())}")
 
 
 def exchange(report: HostReport, resources: ResourceConfig, timeout_s: float) -> list[HostReport]:
@@ -203,12 +199,17 @@ def exchange(report: HostReport, resources: ResourceConfig, timeout_s: float) ->
              address, port)
     store = _open_store(resources, deadline)
     rank = resources.node_rank
-    store.set(f"report/{rank}", json.dumps(asdict(report)))
-    _wait_for_keys(store, {f"report/{r}": host for r, host in enumerate(hosts)}, deadline, "join the job")
-    reports = [HostReport(**json.loads(store.get(f"report/{r}"))) for r in range(len(hosts))]
-    store.set(f"read/{rank}", "1")
-    if rank == 0:  # the store lives in this process: serve it until every host has read every report
-        _wait_for_keys(store, {f"read/{r}": host for r, host in enumerate(hosts)}, deadline, "read the reports")
+    try:
+        store.set(f"report/{rank}", json.dumps(asdict(report)))
+        _wait_for_keys(store, {f"report/{r}": host for r, host in enumerate(hosts)}, deadline, "join the job")
+        reports = [HostReport(**json.loads(store.get(f"report/{r}"))) for r in range(len(hosts))]
+        store.set(f"read/{rank}", "1")
+        if rank == 0:  # the store lives in this process: serve it until every host has read every report
+            _wait_for_keys(store, {f"read/{r}": host for r, host in enumerate(hosts)},
+                           _Deadline(timeout_s, "the hosts to read the reports"), "read the reports")
+    except DistError as exc:
+        raise ClusterError(f"lost the rendezvous with the master host {resources.master_host} "
+                           f"({str(exc).splitlines()[0]}): see the master's log") from exc
     return reports
 
 
