@@ -178,7 +178,8 @@ class RuntimeConfig(_Section):
         None, description="32, 16-mixed or bf16-mixed; default follows use_amp (16-mixed if set, else 32)."
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="gpu if available under auto.")
-    cpu_processes: int = Field(1, description="Processes per host when training on CPU.", ge=1)
+    cpu_processes: int = Field(1, description="Processes per host when training on CPU (each a full copy of the "
+                               "model and its batches).", ge=1, le=256)
     checkpoint_dir: str | None = Field(
         None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
     )

@@ -129,10 +129,6 @@ class JobPaths:
         """`checkpoints`: SageMaker syncs it with `checkpoint_s3_uri` (down at start, up while running)."""
         return self.root / "checkpoints"
 
-    def checkpoints(self, configured: str | None) -> Path:
-        """The checkpoint folder this job uses, and why (logged): see `choose_checkpoint_dir`."""
-        return choose_checkpoint_dir(self, configured)
-
     def tensorboard(self, configured: str | None) -> Path | None:
         """The TensorBoard folder: `tensorboard_dir`, else `output/tensorboard` if it exists (SageMaker syncs it)."""
         if configured:
@@ -343,10 +339,11 @@ def training_resources(resources: ResourceConfig, hyperparameters: Mapping[str, 
     return resources.restricted_to(names)
 
 
-def choose_checkpoint_dir(paths: JobPaths, configured: str | None) -> Path:
-    """The checkpoint folder: `checkpointconfig.json`'s `LocalPath` (the folder SageMaker syncs with S3), else
-    the `checkpoint_dir` hyperparameter, else `checkpoints`; a `checkpoint_dir` that names another folder than
-    `LocalPath` is refused (SageMaker would not sync it, so a spot job would resume from nothing).
+def choose_checkpoint_dir(paths: JobPaths, configured: str | None) -> tuple[Path, str]:
+    """The checkpoint folder and where it comes from: `checkpointconfig.json`'s `LocalPath` (the folder
+    SageMaker syncs with S3), else the `checkpoint_dir` hyperparameter, else `checkpoints`; a
+    `checkpoint_dir` that names another folder than `LocalPath` is refused (SageMaker would not sync it,
+    so a spot job would resume from nothing).
     """
     data = read_json_object(paths.checkpointconfig_file, required=False) or {}
     local = data.get("LocalPath")
@@ -359,7 +356,11 @@ def choose_checkpoint_dir(paths: JobPaths, configured: str | None) -> Path:
             f"({paths.checkpointconfig_file}), the folder SageMaker syncs with S3: remove checkpoint_dir, or set "
             "it to the same folder"
         ])
-    return Path(local or configured or paths.checkpoint_dir)
+    if local:
+        return Path(local), f"CheckpointConfig.LocalPath of {paths.checkpointconfig_file.name}"
+    if configured:
+        return Path(configured), "hyperparameter 'checkpoint_dir'"
+    return paths.checkpoint_dir, "the default; set by hyperparameter 'checkpoint_dir' or CheckpointConfig.LocalPath"
 
 
 def check_writable(folder: Path, what: str, needed_bytes: int = 0) -> None:

@@ -32,6 +32,7 @@ from tsa.contract import (
     JobPaths,
     ResourceConfig,
     check_writable,
+    choose_checkpoint_dir,
     load_hyperparameters,
     read_channels,
     read_resource_config,
@@ -166,11 +167,12 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
         return {}
     channels = read_channels(paths)
     plan = plan_run(config, resources)
-    checkpoint_dir = paths.checkpoints(config.runtime.checkpoint_dir)
+    checkpoint_dir, checkpoint_source = choose_checkpoint_dir(paths, config.runtime.checkpoint_dir)
     if is_launched_worker():  # the ranks Lightning starts inherit the launcher's checks and agreement
         host_shards = inherited_shards()
     else:
-        host_shards = prepare_host(paths, config, raw, resources, channels, plan, checkpoint_dir)
+        host_shards = prepare_host(paths, config, raw, resources, channels, plan,
+                                   checkpoint_folder=(checkpoint_dir, checkpoint_source))
     configure_environment(plan.world)
     check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
@@ -194,14 +196,15 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
 
 
 def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], resources: ResourceConfig,
-                 channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path) -> HostShards:
+                 channels: dict[str, Channel], plan: RunPlan, checkpoint_folder: tuple[Path, str]) -> HostShards:
     """Once per host, before training: the environment, every check, and (several hosts) the agreement.
 
     On a multi-host job a failed check is first reported to the other hosts, so that every host stops
     with it instead of waiting for this one.
     """
     export_sm_environment(paths, resources, channels, raw)
-    log.info("checkpoint folder: %s", checkpoint_dir)
+    checkpoint_dir, checkpoint_source = checkpoint_folder
+    log.info("checkpoint folder: %s (%s)", checkpoint_dir, checkpoint_source)
     error: JobError | None = None
     rows: dict[str, int] = {}
     try:
@@ -209,7 +212,7 @@ def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], res
         needed = output_bytes(config)
         for folder, what, key in ((paths.model_dir, "model folder", "model"),
                                   (paths.output_data_dir, "output folder", "output"),
-                                  (checkpoint_dir, "checkpoint folder", "checkpoints")):
+                                  (checkpoint_dir, f"checkpoint folder ({checkpoint_source})", "checkpoints")):
             check_writable(folder, what, needed[key])
         rows = validate_job_data(config, channels)
     except JobError as exc:

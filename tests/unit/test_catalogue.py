@@ -445,12 +445,17 @@ CATALOGUE: list[Case] = [
          "training diverged in epoch 0: the mean training loss is nan"),
     # 3. Sizes without bounds: estimated from the config and refused before anything is built.
     Case("endless_layers", 3, hp(n_layers_order="100000000"), 2, "the model does not fit"),
+    Case("layers_named_with_the_largest_that_fits", 3, hp(n_layers_order="100000000"), 2,
+         "; lower one of them: at most n_layers_order="),
     Case("layers_in_exponent_form", 3, hp(n_layers_feature="1e20"), 2, "'n_layers_feature' = '1e20'"),
     Case("huge_table_width", 3, hp(dim_embedding_table="1000000"), 2, "the model does not fit"),
     Case("huge_vocabulary", 3, hp(n_embedding="1000000000000"), 2, "the model does not fit"),
     Case("huge_batch", 3, hp(batch_size="100000000"), 2, "plus the activations of a batch of 100000000"),
+    Case("batch_named_with_the_largest_that_fits", 3, hp(batch_size="100000000"), 2,
+         "; lower one of them: at most batch_size="),
     Case("huge_feedforward", 3, hp(dim_attn_feedforward="100000000"), 2, "the model does not fit"),
-    Case("too_many_processes", 3, hp(cpu_processes="100000"), 2, "the model does not fit"),
+    Case("too_many_processes", 3, hp(cpu_processes="100000"), 2,
+         "'cpu_processes' = '100000': expected an integer >= 1 and <= 256"),
     # 4. Names used as paths.
     Case("test_name_escapes", 4, hp(test_name="../../x"), 2, "'test_name' = '../../x': expected a file name"),
     Case("test_name_subfolder", 4, hp(test_name="a/b"), 2, "'test_name' = 'a/b': expected a file name"),
@@ -461,7 +466,7 @@ CATALOGUE: list[Case] = [
     Case("config_file_escapes", 4, hp(config_file="../../config/x.json"), 2, "must name a file inside"),
     # 5. The environment, checked before training; a write error names the folder and the cause.
     Case("checkpoint_dir_under_a_file", 5, hp(checkpoint_dir="/dev/null/x"), 2,
-         "checkpoint folder '/dev/null/x' is not writable (Not a directory)"),
+         "checkpoint folder (hyperparameter 'checkpoint_dir') '/dev/null/x' is not writable (Not a directory)"),
     Case("checkpoints_is_a_file", 5, after(trained_job(), lambda r: (r / "checkpoints").write_text("x")), 2,
          "checkpoints' is not writable"),
     Case("output_data_is_a_file", 5, after(trained_job(), lambda r: (r / "output").mkdir() or
@@ -494,8 +499,8 @@ CATALOGUE: list[Case] = [
          "model.n_layers_order (1 in the checkpoint, 2 now)"),
     Case("checkpoint_other_training_config", 6, trained_job({"scheduler_maxlr": "0.01"}, checkpoint=copied), 2,
          "train.scheduler_maxlr"),
-    Case("checkpoint_other_job_name", 6, trained_job({"test_name": "other"}, checkpoint=copied), 2,
-         "runtime.test_name ('tiny' in the checkpoint, 'other' now)"),
+    Case("resume_under_another_test_name", 6, trained_job({"test_name": "other"}, checkpoint=copied), 0, "",
+         model=NEW),  # test_name only names output files: the rerun resumes and writes the set under the new name
     Case("checkpoint_other_data", 6, trained_job(checkpoint=copied, data=fewer_training_rows), 2, "channel sizes"),
     Case("best_weights_corrupt", 6, trained_job(checkpoint=with_corrupt_best_weights), 2,
          "best weights '{root}/checkpoints/best-model.safetensors' cannot be read"),

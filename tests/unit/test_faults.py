@@ -68,3 +68,29 @@ def test_convert_refuses_an_object_array_naming_the_file(tmp_path: Path) -> None
     assert "file 'train_Y_v0.npy' array 'Y': not a readable .npy file" in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+
+@pytest.mark.parametrize(("key", "value", "available"), [("batch_size", "100000", 2**31),
+                                                         ("n_layers_order", "4000", 2**36),
+                                                         ("dim_embedding_table", "4096", 2**33)])
+def test_the_memory_refusal_names_the_largest_value_that_fits(key: str, value: str, available: int) -> None:
+    """The suggested value fits the budget, and one step more does not (everything else unchanged)."""
+    import re
+
+    from tsa.config import JobConfig
+    from tsa.contract import ResourceConfig
+    from tsa.errors import ConfigError
+    from tsa.training.plan import MEMORY_HEADROOM, check_memory, memory_needed, plan_run
+
+    hyperparameters = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120", "num_heads": "2",
+                       "dim_embedding_table": "16", key: value}
+    config = JobConfig.from_hyperparameters(hyperparameters)
+    plan = plan_run(config, ResourceConfig(), gpus=0)
+    with pytest.raises(ConfigError, match="lower one of them: at most ") as refused:
+        check_memory(config, plan, available=available)
+    suggested = int(re.search(rf"\b{key}=(\d+)", str(refused.value)).group(1))
+    step = 2 if key == "dim_embedding_table" else 1
+    fitting = JobConfig.from_hyperparameters({**hyperparameters, key: str(suggested)})
+    larger = JobConfig.from_hyperparameters({**hyperparameters, key: str(suggested + step)})
+    assert memory_needed(fitting) <= MEMORY_HEADROOM * available < memory_needed(larger)
+    check_memory(fitting, plan_run(fitting, ResourceConfig(), gpus=0), available=available)

@@ -200,19 +200,60 @@ def available_host_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
+def memory_needed(config: JobConfig) -> int:
+    """Bytes one training process needs: parameters with gradients and Adam state, and a batch's activations."""
+    return parameter_count(config) * BYTES_PER_PARAMETER + activation_bytes(config)
+
+
+# The sizes a user can lower, in the order a fix is suggested: (section, key, granularity).
+SIZE_KEYS = (("train", "batch_size"), ("model", "n_layers_order"), ("model", "n_layers_feature"),
+             ("model", "dim_attn_feedforward"), ("model", "dim_embedding_table"), ("model", "n_embedding"))
+
+
+def _with(config: JobConfig, section: str, key: str, value: int) -> JobConfig:
+    part = getattr(config, section)
+    return config.model_copy(update={section: part.model_copy(update={key: value})})
+
+
+def largest_fitting(config: JobConfig, section: str, key: str, budget: float) -> int | None:
+    """The largest value of `key` (at most its current one) whose estimate fits `budget`, None if even the
+    smallest does not; `dim_embedding_table` stays a multiple of `num_heads`, `n_embedding` above the
+    feature counts, as the config requires."""
+    step = config.model.num_heads if key == "dim_embedding_table" else 1
+    low = config.model.n_num_features + config.model.n_cat_features + 1 if key == "n_embedding" else step
+    high = getattr(getattr(config, section), key)
+    if high < low or memory_needed(_with(config, section, key, low)) > budget:
+        return None
+    while high - low > step:  # the estimate grows with every one of these sizes
+        middle = low + (high - low) // (2 * step) * step
+        low, high = (middle, high) if memory_needed(_with(config, section, key, middle)) <= budget else (low, middle)
+    return high if memory_needed(_with(config, section, key, high)) <= budget else low
+
+
 def check_memory(config: JobConfig, plan: RunPlan, available: int | None = None) -> None:
-    """Refuse a config whose estimated memory exceeds what this host (or one GPU) has, with both numbers."""
+    """Refuse a config whose estimated memory exceeds what this host (or one GPU) has: both numbers, and
+    the largest value of each size hyperparameter that would fit, everything else unchanged."""
     params = parameter_count(config)
-    needed = params * BYTES_PER_PARAMETER + activation_bytes(config)
+    needed = memory_needed(config)
     if plan.on_gpu:
         where, have = "one GPU", torch.cuda.mem_get_info()[0] if available is None else available
     else:
         where = f"this host ({plan.world.devices} process(es))"
         have = (available_host_bytes() if available is None else available) // max(plan.world.devices, 1)
-    if needed > MEMORY_HEADROOM * have:
-        raise ConfigError([
-            f"the model does not fit: about {needed / 2**30:.1f} GiB per process ({params:,} parameters with their "
-            f"gradients and Adam state, plus the activations of a batch of {config.train.batch_size}), but "
-            f"{where} has {have / 2**30:.1f} GiB available; reduce n_layers_order, n_layers_feature, "
-            "dim_embedding_table, dim_attn_feedforward, n_embedding or batch_size"
-        ])
+    budget = MEMORY_HEADROOM * have
+    if needed <= budget:
+        return
+    fixes = [f"{key}={value}" for section, key in SIZE_KEYS
+             if (value := largest_fitting(config, section, key, budget)) is not None]
+    if not plan.on_gpu and plan.world.devices > 1:
+        total = available_host_bytes() if available is None else available * plan.world.devices
+        processes = int(MEMORY_HEADROOM * total // needed)
+        if processes >= 1:
+            fixes.append(f"cpu_processes={processes}")
+    remedy = (f"lower one of them: at most {', '.join(fixes)} fits (each with the others unchanged)" if fixes
+              else "no single size fits; lower several of them")
+    raise ConfigError([
+        f"the model does not fit: about {needed / 2**30:.1f} GiB per process ({params:,} parameters with their "
+        f"gradients and Adam state, plus the activations of a batch of {config.train.batch_size}), but "
+        f"{where} has {have / 2**30:.1f} GiB available; {remedy}"
+    ])

@@ -41,9 +41,10 @@ PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
 BEST_WEIGHTS = "best-model.safetensors"
-# Settings a resumed run must share with the run that wrote the checkpoint (the rest may change).
+# Settings a resumed run must share with the run that wrote the checkpoint: those that change the numbers
+# (the rest, e.g. `test_name`, which only names output files, may change).
 RESUME_INVARIANT = {"model": None, "train": None, "data": ("data_version", "data_format", "use_small_batch"),
-                    "runtime": ("test_name", "use_amp", "precision", "fast_mode", "accelerator", "cpu_processes")}
+                    "runtime": ("use_amp", "precision", "fast_mode", "accelerator", "cpu_processes")}
 
 
 def _first_line(exc: BaseException) -> str:
