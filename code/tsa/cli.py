@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    return main_train(args.base_dir)
+    code = main_train(args.base_dir)
+    # The outcome is written: a later SIGTERM must not turn it into a kill while the interpreter shuts down
+    # (its finalisation puts the default handler back, and tearing torch down takes a while).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

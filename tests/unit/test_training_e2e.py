@@ -214,10 +214,12 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 RESUME_HP = {**TINY, "batch_size": "8", "max_epoch": "3", "log_every_n_steps": "1"}  # 40 steps an epoch
 
 
-@pytest.mark.parametrize(("signum", "at_step"), [(signal.SIGTERM, 12), (signal.SIGKILL, 52)],
-                         ids=["sigterm_mid_epoch_0", "sigkill_in_epoch_1_resumes_from_its_start"])
-def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninterrupted: Path, signum: int,
-                                                          at_step: int) -> None:
+@pytest.mark.parametrize(("signals", "at_step"), [((signal.SIGTERM,), 12), ((signal.SIGKILL,), 52),
+                                                  ((signal.SIGTERM, signal.SIGTERM), 12)],
+                         ids=["sigterm_mid_epoch_0", "sigkill_in_epoch_1_resumes_from_its_start",
+                              "a_second_sigterm_changes_nothing"])
+def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninterrupted: Path,
+                                                          signals: tuple[int, ...], at_step: int) -> None:
     root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
@@ -225,10 +227,13 @@ def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninte
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(f"METRIC step={at_step};"):
-            proc.send_signal(signum)
+            for number, signum in enumerate(signals):
+                time.sleep(0.3 * number)  # a second SIGTERM lands while the job stops (or shuts down)
+                proc.send_signal(signum)
             break
     started = time.monotonic()
     rest = proc.communicate(timeout=120)[0]
+    signum = signals[0]
     assert time.monotonic() - started < 60
     checkpoint = root / "checkpoints/last.ckpt"
     assert checkpoint.is_file() and not checkpoint.is_symlink()

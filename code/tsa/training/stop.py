@@ -109,7 +109,6 @@ class StopSignal(L.Callback):
 
     def __init__(self, check_every_n_steps: int) -> None:
         self.check_every_n_steps = check_every_n_steps
-        self._previous_handler: Any = None
 
     @property
     def requested(self) -> bool:
@@ -118,7 +117,7 @@ class StopSignal(L.Callback):
     def _install(self, trainer: L.Trainer) -> None:
         STOP.launcher = trainer.strategy.launcher
         if signal.getsignal(signal.SIGTERM) != STOP.on_sigterm:
-            self._previous_handler = signal.signal(signal.SIGTERM, STOP.on_sigterm)
+            signal.signal(signal.SIGTERM, STOP.on_sigterm)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install(trainer)
@@ -136,7 +135,3 @@ class StopSignal(L.Callback):
         flag = torch.tensor([1.0 if self.requested else 0.0], device=trainer.strategy.root_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)

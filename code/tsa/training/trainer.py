@@ -30,7 +30,7 @@ from tsa.models import build_model
 from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
 from tsa.training.plan import RunPlan
 from tsa.training.result import TrainingResult
-from tsa.training.stop import StopSignal, check_stop_local
+from tsa.training.stop import StopSignal, check_stop_local, install_stop_handler
 from tsa.training.system import TsaSystem
 from tsa.training.trace import RunTrace
 from tsa.weights import load_project_state_dict
@@ -160,7 +160,10 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
         log.info("resuming from %s", last)
     elif last.is_file():
         log.info("ignore_checkpoint: training from the start; %s will be overwritten", last)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=str(last) if resume else None, weights_only=True)
+    finally:  # Lightning's teardown puts back the handlers it found at its set-up: the job keeps its own
+        install_stop_handler()
     selection = system.selection
     if selection.tracker.best_epoch is not None and best.is_file():
         try:
