@@ -63,6 +63,54 @@ def script_job(tmp_path: Path, script: str, *, with_inputdataconfig: bool = True
     return root
 
 
+PROBE_SCRIPT = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+
+rank = os.environ.get("RANK")  # set by torchrun only
+total = None
+if rank is not None:
+    dist.init_process_group("gloo")
+    value = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(value)
+    total = value.item()
+names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID")
+with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], f"probe_{rank}.json"), "w") as handle:
+    json.dump({**{name: os.environ.get(name) for name in names}, "sum": total, "argv": sys.argv[1:]}, handle)
+if rank is not None:  # every rank has written before any host ends (local mode then stops the others)
+    dist.barrier()
+    dist.destroy_process_group()
+'''
+
+
+def script_source(folder: Path, script: str) -> Path:
+    """A submit directory holding `user_train.py`."""
+    folder.mkdir(parents=True)
+    (folder / "user_train.py").write_text(script)
+    return folder
+
+
+def bare_script_job(root: Path, source: Path | str, hyperparameters: dict[str, str], *, current_host: str = "localhost",
+                    hosts: tuple[str, ...] = ("localhost",)) -> Path:
+    """A script-mode job folder without data (the config files SageMaker writes, an empty train channel)."""
+    config = root / "input/config"
+    config.mkdir(parents=True)
+    (root / "input/data/train").mkdir(parents=True)
+    (root / "output/data").mkdir(parents=True)
+    hyperparameters = {"sagemaker_program": "user_train.py", "sagemaker_submit_directory": str(source),
+                       **hyperparameters}
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": current_host, "hosts": list(hosts)}))
+    (config / "inputdataconfig.json").write_text(json.dumps({"train": {"TrainingInputMode": "File"}}))
+    return root
+
+
+def probes(root: Path) -> list[dict[str, Any]]:
+    """What PROBE_SCRIPT wrote, one record per process that ran it."""
+    return [json.loads(path.read_text()) for path in sorted((root / "output/data").glob("probe_*.json"))]
+
+
 def artifact_names(test_name: str) -> set[str]:
     """A complete set's files (`tsa.artifacts`), for the job's `test_name`."""
     return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "model.pt",

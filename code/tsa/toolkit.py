@@ -17,6 +17,14 @@ the toolkit complements it with the environment a SageMaker user expects. Withou
 `sagemaker_program` the job's own error policy, failure file and SIGTERM handling apply
 (`entrypoint.py`): the toolkit's trainer writes tracebacks into the failure file and does not
 forward SIGTERM to the process it runs, so in script mode `tsa` (PID 1) forwards it.
+
+**The estimator's `distribution` in script mode**: the runner is chosen here, as the PyTorch
+framework images choose it (their `SAGEMAKER_TRAINING_MODULE`, here `run_entry_point`), from the
+hyperparameters the SDK writes. `torch_distributed` runs the entry point under `torchrun` through
+the toolkit's own `TorchDistributedRunner` (one process per visible GPU, else `cpu_processes` per
+host; `--master_addr <first host> --master_port 7777` across hosts); no distribution runs one
+process per host. Every other option needs MPI, sshd or SageMaker's distributed libraries, which
+this image does not have: it is refused before anything starts (exit 2, our failure file).
 """
 
 from __future__ import annotations
@@ -26,23 +34,55 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from pydantic import ValidationError
+
+from tsa.config import RuntimeConfig, decode_value
 from tsa.contract import (
     BASE_DIR_ENV,
     Channel,
     JobPaths,
     ResourceConfig,
     check_writable,
+    read_json_object,
     read_resource_config,
 )
 from tsa.errors import ConfigError
+from tsa.training.plan import visible_gpus
 
 log = logging.getLogger("tsa")
 
 SCRIPT_MODE_KEY = "sagemaker_program"
+FRAMEWORK_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"  # the toolkit's trainer calls this `module:function`
+FRAMEWORK_ENTRY = "tsa.toolkit:run_entry_point"
+TORCH_DISTRIBUTED_KEY = "sagemaker_torch_distributed_enabled"  # distribution={"torch_distributed": {"enabled": True}}
+# Script-mode hyperparameters read under torch_distributed (validated by the job's `RuntimeConfig` fields).
+TORCHRUN_SETTINGS = {"cpu_processes": "processes per host when no GPU is visible",
+                     "rendezvous_timeout_s": "seconds to wait for every host to join (its static rendezvous)"}
+RENDEZVOUS_ENV = "PET_RDZV_CONF"  # torchrun reads `--rdzv-conf` from it: its static rendezvous' timeout
+# After a SIGTERM torchrun gives its workers this long before SIGKILL (its default, 30 s, would cut a
+# checkpoint short): most of the 120 s SageMaker waits before it kills the container.
+SHUTDOWN_ENV, SHUTDOWN_GRACE_S = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 100
+SUPPORTED_DISTRIBUTION = "use distribution={'torch_distributed': {'enabled': True}}, or no distribution"
+# The estimators' other `distribution` options, by the hyperparameter each one writes (SDK v2), in the
+# order a failure file names them: they need MPI, sshd, SageMaker's smddp/smp libraries or XLA, none
+# of which this image has.
+UNSUPPORTED_DISTRIBUTIONS = {
+    "mp_parameters": "distribution={'smdistributed': {'modelparallel': ...}}",
+    "sagemaker_distributed_dataparallel_enabled": "distribution={'smdistributed': {'dataparallel': ...}}, which the "
+                                                  "PyTorch estimator also makes of {'pytorchddp': ...}",
+    "sagemaker_pytorch_ddp_enabled": "distribution={'pytorchddp': ...}",
+    "sagemaker_mpi_enabled": "distribution={'mpi': ...}",
+    "sagemaker_pytorch_xla_multi_worker_enabled": "distribution={'pytorchxla': ...}",
+    "sagemaker_parameter_server_enabled": "distribution={'parameter_server': ...}",
+    "sagemaker_multi_worker_mirrored_strategy_enabled": "distribution={'multi_worker_mirrored_strategy': ...}",
+}
 
 
 def script_mode_requested(paths: JobPaths) -> bool:
@@ -101,7 +141,11 @@ def export_sm_environment(paths: JobPaths, resources: ResourceConfig, channels: 
 
 
 def _forward_sigterm(signum: int, frame: FrameType | None) -> None:
-    """PID 1 ignores an unhandled SIGTERM: pass it on to the user's script (and whatever it started)."""
+    """PID 1 ignores an unhandled SIGTERM: pass it on to the user's script (and whatever it started).
+
+    Under torchrun that is torchrun and its workers; torchrun sends it to the workers too and waits
+    `SHUTDOWN_GRACE_S` for them, so a worker's handler may run twice.
+    """
     import psutil
 
     log.warning("SIGTERM received: forwarding it to the user's entry point")
@@ -123,14 +167,134 @@ def check_script_mode_contract(paths: JobPaths) -> None:
         raise ConfigError([f"script mode ('{SCRIPT_MODE_KEY}' is set) needs {' and '.join(missing)} in "
                            f"'{paths.config_dir}', as SageMaker writes them: add them (local_mode/run.py does)"])
     read_resource_config(paths)  # the user's channels are the script's business: any names
+    read_script_launch(paths)
     check_writable(paths.output_dir, "output folder")
 
 
+@dataclass(frozen=True)
+class ScriptLaunch:
+    """How script mode starts the user's entry point: one plain process per host, or torchrun."""
+
+    torchrun: bool
+    cpu_processes: int  # torchrun's processes per host when no GPU is visible
+    rendezvous_timeout_s: int  # how long torchrun waits for every host to join
+
+    def processes_per_host(self) -> int:
+        """One per visible GPU (as the job's own world counts them), else `cpu_processes`."""
+        gpus = visible_gpus()
+        return gpus if gpus > 0 else self.cpu_processes
+
+
+def _switch(value: Any) -> bool | None:
+    """A distribution flag as the SDK writes it ('true' / 'false'); None for anything else."""
+    text = str(decode_value(str, value)).strip().lower()
+    return {"true": True, "1": True, "false": False, "0": False, "": False}.get(text)
+
+
+def _refused_distribution(key: str, value: Any) -> str | None:
+    """The problem with an unsupported distribution hyperparameter; None when it is off."""
+    if key == "mp_parameters":  # model-parallel settings: the SDK writes them only when modelparallel is enabled
+        enabled = str(decode_value(str, value)).strip() not in ("", "{}", "null")
+    else:
+        enabled = _switch(value) is not False  # a value that is not true/false is refused too
+    if not enabled:
+        return None
+    return (f"hyperparameter '{key}' = {value!r} ({UNSUPPORTED_DISTRIBUTIONS[key]}) is not supported by this image: "
+            "it runs the entry point as one process per host or under torchrun, and has no MPI, sshd or SageMaker "
+            f"distributed libraries; {SUPPORTED_DISTRIBUTION}")
+
+
+def _torchrun_runtime(hyperparameters: Mapping[str, Any]) -> tuple[RuntimeConfig, list[str]]:
+    """`cpu_processes` and `rendezvous_timeout_s` as `tsa train` allows them, or the problems with them."""
+    given = {key: decode_value(int, hyperparameters[key]) for key in TORCHRUN_SETTINGS if key in hyperparameters}
+    try:
+        return RuntimeConfig(**given), []
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = str(error["loc"][0])
+            problems.append(f"hyperparameter '{key}' = {hyperparameters[key]!r} is not allowed with "
+                            f"distribution={{'torch_distributed': ...}} ({error['msg']}): it is torchrun's "
+                            f"{TORCHRUN_SETTINGS[key]}; fix it or leave it out")
+        return RuntimeConfig(), problems
+
+
+def script_launch(hyperparameters: Mapping[str, Any]) -> ScriptLaunch:
+    """The launch the hyperparameters ask for; every problem at once in a `ConfigError`.
+
+    `cpu_processes` and `rendezvous_timeout_s` are validated by the job's own `RuntimeConfig`
+    fields, so script mode allows exactly what `tsa train` allows.
+    """
+    problems = [problem for key in UNSUPPORTED_DISTRIBUTIONS if key in hyperparameters
+                if (problem := _refused_distribution(key, hyperparameters[key])) is not None]
+    torchrun = _switch(hyperparameters.get(TORCH_DISTRIBUTED_KEY, "false"))
+    if torchrun is None:
+        problems.append(f"hyperparameter '{TORCH_DISTRIBUTED_KEY}' = {hyperparameters[TORCH_DISTRIBUTED_KEY]!r}: "
+                        "expected true or false (the SDK writes it for distribution={'torch_distributed': "
+                        "{'enabled': ...}})")
+    runtime, setting_problems = _torchrun_runtime(hyperparameters) if torchrun else (RuntimeConfig(), [])
+    problems += setting_problems
+    if problems:
+        raise ConfigError(problems)
+    return ScriptLaunch(torchrun=bool(torchrun), cpu_processes=runtime.cpu_processes,
+                        rendezvous_timeout_s=runtime.rendezvous_timeout_s)
+
+
+def read_script_launch(paths: JobPaths) -> ScriptLaunch:
+    """`script_launch` of the job's `hyperparameters.json`."""
+    hyperparameters = read_json_object(paths.hyperparameters_file, required=True)
+    assert hyperparameters is not None
+    return script_launch(hyperparameters)
+
+
+def _torchrun_of_this_interpreter_first() -> None:
+    """The toolkit runs `torchrun` by name: make it the one installed with this interpreter's torch.
+
+    The image has its venv on PATH already; a venv that is not activated (tests, local runs) does not.
+    """
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "torchrun").is_file():
+        os.environ["PATH"] = os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])
+
+
+def run_entry_point() -> None:
+    """The toolkit trainer's framework entry (`SAGEMAKER_TRAINING_MODULE`): the user's entry point, run
+    by the toolkit's runner for the estimator's `distribution`.
+
+    As in the PyTorch framework images, torchrun runs only on the hosts of the distribution's instance
+    groups (all hosts unless the estimator names groups); the others run the entry point plainly.
+    """
+    from sagemaker_training import entry_point, environment, params, runner
+
+    env = environment.Environment()
+    launch = read_script_launch(JobPaths.from_root(environment.base_dir))
+    if not (launch.torchrun and env.current_instance_group in env.distribution_instance_groups):
+        entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars())
+        return
+    processes = launch.processes_per_host()
+    log.info("distribution torch_distributed: torchrun with %d process(es) per host on %d host(s), rendezvous "
+             "timeout %d s", processes, len(env.distribution_hosts), launch.rendezvous_timeout_s)
+    os.environ.setdefault(RENDEZVOUS_ENV, f"timeout={launch.rendezvous_timeout_s}")
+    os.environ.setdefault(SHUTDOWN_ENV, str(SHUTDOWN_GRACE_S))
+    _torchrun_of_this_interpreter_first()
+    # capture_error=True, as the PyTorch images pass it: the toolkit's TorchDistributedRunner.run takes
+    # (capture_error, wait) in the opposite order to entry_point.run's call, so with False it would not
+    # wait for torchrun's exit code and a failed job would report success.
+    entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars(), capture_error=True,
+                    runner_type=runner.TorchDistributedRunnerType,
+                    extra_opts={params.MPI_PROCESSES_PER_HOST: processes})
+
+
 def run_script_mode(paths: JobPaths) -> int:
-    """Run the user's entry point through the toolkit's trainer; returns its exit code."""
+    """Run the user's entry point through the toolkit's trainer; returns its exit code.
+
+    The trainer writes the failure or success file and picks the exit code; `run_entry_point`
+    (its framework entry) picks the runner.
+    """
     _toolkit_environment_module(paths)
     from sagemaker_training import trainer
 
+    os.environ[FRAMEWORK_MODULE_ENV] = FRAMEWORK_ENTRY
     signal.signal(signal.SIGTERM, _forward_sigterm)
     log.info("script mode: %s names the entry point; the SageMaker training toolkit runs it",
              paths.hyperparameters_file)

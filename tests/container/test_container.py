@@ -12,7 +12,9 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     `PyTorch` framework estimator with an `entry_point` (local mode) runs a user script that calls
     `tsa.api.train`; (h) a failing user script -> the toolkit's failure file and exit code; (i) local
     mode with S3 channels and checkpoints (moto server), resumed after `docker stop`; (j) `docker run
-    IMAGE serve`: /ping, /invocations equal to the job's predictions, a clean `docker stop`.
+    IMAGE serve`: /ping, /invocations equal to the job's predictions, a clean `docker stop`; (k) script
+    mode with the `PyTorch` estimator's `distribution={"torch_distributed": ...}`, two instances in local
+    mode: torchrun on each, one world of four processes (`cpu_processes=2`) with a gloo all_reduce.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pytest
 
 from tests.jobs import (
     FAILING_SCRIPT,
+    PROBE_SCRIPT,
     QUICK,
     TINY,
     USER_SCRIPT,
@@ -41,6 +44,7 @@ from tests.jobs import (
     predictions,
     run_job,
     script_job,
+    script_source,
     snapshot,
     upload_folder,
     wait_until_serving,
@@ -329,3 +333,31 @@ def test_j_the_image_serves_its_model_and_stops_cleanly(tmp_path: Path) -> None:
     expected = predictions(job, "validation")
     assert max(abs(s - expected[str(r)]) for r, s in enumerate(scores)) <= 1e-6
     assert state["ExitCode"] == 0 and stopped_in < 25
+
+
+def test_k_pytorch_estimator_torch_distributed_runs_torchrun_on_two_instances(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SDK_ENV.items():
+        monkeypatch.setenv(key, value)
+    from sagemaker.pytorch import PyTorch
+
+    from tsa.launch import local_session
+
+    source = script_source(tmp_path / "source", PROBE_SCRIPT)
+    train = tmp_path / "data/train"
+    train.mkdir(parents=True)
+    (train / "unused.txt").write_text("the probe reads no data\n")
+    estimator = PyTorch(entry_point="user_train.py", source_dir=str(source), image_uri=IMAGE,
+                        role="arn:aws:iam::000000000000:role/LocalMode", instance_count=2, instance_type="local",
+                        hyperparameters={"cpu_processes": 2}, distribution={"torch_distributed": {"enabled": True}},
+                        output_path=f"file://{tmp_path / 'out'}", sagemaker_session=local_session(),
+                        disable_profiler=True, debugger_hook_config=False)
+    estimator.fit({"train": f"file://{train}"}, logs="All")
+    archive = next((tmp_path / "out").rglob("output.tar.gz"))  # both hosts' output/, merged
+    with tarfile.open(archive) as tar:
+        ranks = [json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                 for member in sorted(tar.getmembers(), key=lambda m: m.name) if "probe_" in member.name]
+    assert sorted(r["RANK"] for r in ranks) == ["0", "1", "2", "3"], ranks
+    assert {r["WORLD_SIZE"] for r in ranks} == {"4"} and {r["sum"] for r in ranks} == {10.0}  # 1+2+3+4
+    assert len({r["TORCHELASTIC_RUN_ID"] for r in ranks}) == 1 and ranks[0]["TORCHELASTIC_RUN_ID"]
+    assert {r["LOCAL_RANK"] for r in ranks} == {"0", "1"}
