@@ -414,8 +414,8 @@ CATALOGUE: list[Case] = [
          "was checkpointed yet", inject=sigterm_at("tsa.training.system.TsaSystem.setup")),
     Case("sigterm_training_step", 1, trained_job(), STOPPED, "at epoch 0, step 1; checkpoint saved to",
          inject=sigterm_at("tsa.training.system.TsaSystem.training_step")),
-    Case("sigterm_validation_pass", 1, trained_job(), STOPPED,
-         "training stopped by SIGTERM during the validation of epoch 0; the model folder keeps what it held",
+    Case("sigterm_validation_pass", 1, trained_job(), STOPPED,  # the validation finishes: the epoch is kept
+         "training stopped by SIGTERM (stop, timeout or spot interruption) at epoch 0, step ",
          inject=sigterm_at("tsa.training.evaluation.EvaluationPass.add")),
     Case("sigterm_final_scoring", 1, trained_job(), STOPPED,
          "during the final scoring of 'validation'; the model folder keeps what it held; the job resumes from "

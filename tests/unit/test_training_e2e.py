@@ -295,3 +295,43 @@ def test_evaluation_order_is_the_legacy_sampler_order_unless_fixed(tmp_path: Pat
     # Numeric (MoE routes across the batch, and a partial last batch weighs the mean of batch means).
     assert [e["validation_loss"] for e in metrics(legacy)["epochs"]] != \
         [e["validation_loss"] for e in metrics(fixed)["epochs"]]
+
+
+SIGTERM_AT_CALL = """
+import os, signal, sys
+import {module} as target
+calls = {{"n": 0}}
+original = target.{owner}.{method}
+def call_then_stop(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == {call}:  # SIGTERM from outside, as SageMaker sends it, at exactly this point
+        os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, *args, **kwargs)
+setattr(target.{owner}, "{method}", call_then_stop)
+from tsa.cli import main
+sys.exit(main(["train"]))
+"""
+
+
+@pytest.mark.parametrize(("module", "owner", "method", "call", "stopped_at"), [
+    ("tsa.training.evaluation", "EvaluationPass", "add", 20 + 3, "at epoch 1, step 80"),  # epoch 1's validation
+    ("tsa.training.system", "TsaSystem", "training_step", 40, "at epoch 0, step 40"),  # epoch 0's last step
+], ids=["during_validation_of_epoch_1", "at_the_last_step_of_epoch_0"])
+def test_a_stop_that_lands_at_an_epochs_end_keeps_the_epoch(tmp_path: Path, uninterrupted: Path, module: str,
+                                                            owner: str, method: str, call: int,
+                                                            stopped_at: str) -> None:
+    """The epoch's validation finishes and its checkpoint is written: exit 143, and the rerun ends with the
+    uninterrupted run's weights and history (40 training steps and 20 validation batches an epoch)."""
+    root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
+    env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
+    script = SIGTERM_AT_CALL.format(module=module, owner=owner, method=method, call=call)
+    stopped = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 143, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert stopped_at in (root / "output/failure").read_text()
+    resumed = run_job(root)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    ours = load_file(str(root / "model/model.safetensors"))
+    theirs = load_file(str(uninterrupted / "model/model.safetensors"))
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    assert metrics(root)["epochs"] == metrics(uninterrupted)["epochs"]

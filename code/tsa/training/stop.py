@@ -9,8 +9,10 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- training's set-up and every validation and final-scoring batch (`check_stop_local`): the pass
-  is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes the job;
+- validation: it finishes, the epoch-end `last.ckpt` is written, then every rank stops (so is a
+  stop agreed at an epoch's last step): the epoch's training is kept;
+- training's set-up and every final-scoring batch (`check_stop_local`): the pass is abandoned, the
+  last checkpoint resumes the job;
 - the export (before the artifacts are moved into `model/`): the partial set is discarded,
   `model/` keeps what it held, and the checkpoint resumes the job; a SIGTERM during the move
   itself (a few renames) lets it finish, then the job exits 143 with the new set in place.
@@ -128,10 +130,14 @@ class StopSignal(L.Callback):
 
     def agreed(self, trainer: L.Trainer, step: int) -> bool:
         """Whether every rank stops after training step `step` (collective on check steps)."""
+        if is_distributed() and step % self.check_every_n_steps:
+            return False
+        return self.agreed_now(trainer)
+
+    def agreed_now(self, trainer: L.Trainer) -> bool:
+        """Whether any rank has the flag (a collective under DDP: every rank must call it at this point)."""
         if not is_distributed():
             return self.requested
-        if step % self.check_every_n_steps:
-            return False
         flag = torch.tensor([1.0 if self.requested else 0.0], device=trainer.strategy.root_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
