@@ -69,6 +69,9 @@ RENDEZVOUS_ENV = "PET_RDZV_CONF"  # torchrun reads `--rdzv-conf` from it: its st
 # After a SIGTERM torchrun gives its workers this long before SIGKILL (its default, 30 s, would cut a
 # checkpoint short): most of the 120 s SageMaker waits before it kills the container.
 SHUTDOWN_ENV, SHUTDOWN_GRACE_S = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 100
+# One host: torchrun's local rendezvous would advertise this host's name, and wait without end where
+# it does not resolve (`docker run --network none`); the loopback address always does.
+LOCAL_ADDR_ENV, ONE_HOST_ADDR = "PET_LOCAL_ADDR", "127.0.0.1"
 SUPPORTED_DISTRIBUTION = "use distribution={'torch_distributed': {'enabled': True}}, or no distribution"
 # The estimators' other `distribution` options, by the hyperparameter each one writes (SDK v2), in the
 # order a failure file names them: they need MPI, sshd, SageMaker's smddp/smp libraries or XLA, none
@@ -276,6 +279,8 @@ def run_entry_point() -> None:
              "timeout %d s", processes, len(env.distribution_hosts), launch.rendezvous_timeout_s)
     os.environ.setdefault(RENDEZVOUS_ENV, f"timeout={launch.rendezvous_timeout_s}")
     os.environ.setdefault(SHUTDOWN_ENV, str(SHUTDOWN_GRACE_S))
+    if len(env.distribution_hosts) == 1:
+        os.environ.setdefault(LOCAL_ADDR_ENV, ONE_HOST_ADDR)
     _torchrun_of_this_interpreter_first()
     # capture_error=True, as the PyTorch images pass it: the toolkit's TorchDistributedRunner.run takes
     # (capture_error, wait) in the opposite order to entry_point.run's call, so with False it would not

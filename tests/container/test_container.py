@@ -14,7 +14,8 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     mode with S3 channels and checkpoints (moto server), resumed after `docker stop`; (j) `docker run
     IMAGE serve`: /ping, /invocations equal to the job's predictions, a clean `docker stop`; (k) script
     mode with the `PyTorch` estimator's `distribution={"torch_distributed": ...}`, two instances in local
-    mode: torchrun on each, one world of four processes (`cpu_processes=2`) with a gloo all_reduce.
+    mode: torchrun on each, one world of four processes (`cpu_processes=2`) with a gloo all_reduce; and
+    in one container without a network (`docker run --network none`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from tests.jobs import (
     QUICK,
     TINY,
     USER_SCRIPT,
+    bare_script_job,
     free_port,
     make_job,
     metrics,
     moto_s3,
     predictions,
+    probes,
     run_job,
     script_job,
     script_source,
@@ -361,3 +364,17 @@ def test_k_pytorch_estimator_torch_distributed_runs_torchrun_on_two_instances(tm
     assert {r["WORLD_SIZE"] for r in ranks} == {"4"} and {r["sum"] for r in ranks} == {10.0}  # 1+2+3+4
     assert len({r["TORCHELASTIC_RUN_ID"] for r in ranks}) == 1 and ranks[0]["TORCHELASTIC_RUN_ID"]
     assert {r["LOCAL_RANK"] for r in ranks} == {"0", "1"}
+
+
+def test_k_torch_distributed_in_one_container_without_a_network(tmp_path: Path) -> None:
+    """The container's own name does not resolve here: torchrun must not wait on it."""
+    job = bare_script_job(tmp_path / "job", "/opt/ml/code", {"sagemaker_torch_distributed_enabled": "true",
+                                                             "cpu_processes": "2"})
+    script_source(job / "code", PROBE_SCRIPT)  # the submit directory inside the mount, as local mode places it
+    started = time.monotonic()
+    proc = run_container(job)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - started < 120
+    assert "torchrun --nnodes 1 --nproc_per_node 2 user_train.py --cpu_processes 2" in proc.stdout
+    ranks = probes(job)
+    assert sorted(r["RANK"] for r in ranks) == ["0", "1"] and {r["sum"] for r in ranks} == {3.0}
