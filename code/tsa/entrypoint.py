@@ -42,7 +42,13 @@ from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.data.sharding import HostShards
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
-from tsa.toolkit import check_script_mode_contract, export_sm_environment, run_script_mode, script_mode_requested
+from tsa.toolkit import (
+    check_built_in_distribution,
+    check_script_mode_contract,
+    export_sm_environment,
+    run_script_mode,
+    script_mode_requested,
+)
 from tsa.training.callbacks import LAST_CHECKPOINT
 from tsa.training.cluster import SHARDS_ENV, export_shards, inherited_shards, meet, peers_watched
 from tsa.training.plan import (
@@ -158,6 +164,7 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     if not is_launched_worker():
         recover_model_folder(paths)
     raw = load_hyperparameters(paths) if hyperparameters is None else dict(hyperparameters)
+    check_built_in_distribution(raw)
     config = JobConfig.from_hyperparameters(raw)
     check_stop("before training (while reading the config)")
     resources = training_resources(read_resource_config(paths), raw)

@@ -207,6 +207,20 @@ def _refused_distribution(key: str, value: Any) -> str | None:
             f"distributed libraries; {SUPPORTED_DISTRIBUTION}")
 
 
+def check_built_in_distribution(hyperparameters: Mapping[str, Any]) -> None:
+    """`tsa train` (no entry point) trains on every GPU of every host itself: `torch_distributed` asks for what
+    it does anyway; any other distribution is refused rather than silently ignored."""
+    problems = []
+    for key in UNSUPPORTED_DISTRIBUTIONS:
+        if key in hyperparameters and _refused_distribution(key, hyperparameters[key]) is not None:
+            problems.append(f"hyperparameter '{key}' = {hyperparameters[key]!r} ({UNSUPPORTED_DISTRIBUTIONS[key]}) "
+                            "is not supported by this image: the built-in job trains with PyTorch DDP on every GPU "
+                            "of every host by itself; remove the distribution, or use "
+                            "distribution={'torch_distributed': {'enabled': True}}")
+    if problems:
+        raise ConfigError(problems)
+
+
 def _torchrun_runtime(hyperparameters: Mapping[str, Any]) -> tuple[RuntimeConfig, list[str]]:
     """`cpu_processes` and `rendezvous_timeout_s` as `tsa train` allows them, or the problems with them."""
     given = {key: decode_value(int, hyperparameters[key]) for key in TORCHRUN_SETTINGS if key in hyperparameters}

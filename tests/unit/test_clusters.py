@@ -400,3 +400,23 @@ def test_m_a_host_killed_during_training_ends_the_other_with_a_clear_cause(shard
     assert time.monotonic() - killed_at < 60
     assert outcome.failure(roots[0]).startswith("lost another process of the job during training")
     assert not (roots[0] / "model/model.safetensors").exists()
+
+
+# --- `distribution` without an entry point ----------------------------------------------------------
+
+@pytest.mark.parametrize(("flags", "code"), [({"sagemaker_mpi_enabled": "true"}, 2),
+                                             ({"mp_parameters": json.dumps({"partitions": 2})}, 2),
+                                             ({"sagemaker_distributed_dataparallel_enabled": "true"}, 2),
+                                             ({"sagemaker_mpi_enabled": "false",
+                                               "sagemaker_torch_distributed_enabled": "true"}, 0)],
+                         ids=["mpi", "modelparallel", "smddp", "torch_distributed_is_what_it_does"])
+def test_n_the_built_in_job_refuses_distributions_it_cannot_honour(tmp_path: Path, shared_data: Path,
+                                                                   flags: dict[str, str], code: int) -> None:
+    root = make_job(tmp_path / "job", {**HP, "max_epoch": "1", **flags}, data=shared_data)
+    proc = run_job(root)
+    assert proc.returncode == code, proc.stdout[-2000:]
+    if code:
+        line = (root / "output/failure").read_text().splitlines()[0]
+        key = next(iter(flags))
+        assert line.startswith(f"hyperparameter '{key}' = ") and "torch_distributed" in line
+        assert not (root / "model").exists() or not any((root / "model").iterdir())
