@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from s3_sync import sync_down, sync_up
+from s3_sync import S3Error, sync_down, sync_up
 from tsa.config import JobConfig, typed_hyperparameters
 from tsa.contract import JobPaths, encode_hyperparameters, load_hyperparameters, read_json_object
 
@@ -79,7 +79,10 @@ def download_channel(name: str, source: str, folder: Path) -> Path:
         return Path(source)
     target = folder / name
     shutil.rmtree(target, ignore_errors=True)
-    count = sync_down(source, target)
+    count = sync_down(source, target, what=f"channel {name}")
+    if count == 0:
+        raise S3Error(f"channel {name} {source}: no objects under this prefix: upload the channel's files there "
+                      "or fix the URI")
     print(f"channel {name}: {count} object(s) from {source}")
     return target
 
@@ -211,5 +214,14 @@ def main() -> int:
     return code
 
 
+def guarded_main() -> int:
+    """`main`, with an S3 location that cannot be used reported in one line (exit 2), not a traceback."""
+    try:
+        return main()
+    except S3Error as exc:
+        print(f"local mode: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(guarded_main())

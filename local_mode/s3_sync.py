@@ -9,9 +9,18 @@ spot interruption and its resume can be rehearsed on one machine.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+# Every S3 call is bounded: 5 s to connect, 20 s to read, 3 attempts (a dead endpoint fails in about 30 s).
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S, ATTEMPTS = 5, 20, 3
+
+
+class S3Error(Exception):
+    """An S3 location that cannot be used: the message names the URI, the cause and the fix."""
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -25,8 +34,45 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 def client() -> Any:
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3")
+    config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                    retries={"max_attempts": ATTEMPTS, "mode": "standard"})
+    return boto3.client("s3", config=config)
+
+
+@contextlib.contextmanager
+def explained(uri: str, what: str) -> Iterator[None]:
+    """botocore's errors as an `S3Error` naming `what` (e.g. "channel train") and the URI."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    try:
+        yield
+    except NoCredentialsError as exc:
+        raise S3Error(f"{what} {uri}: no AWS credentials ({exc}): set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                      "AWS_PROFILE") from exc
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", "?"), error.get("Message", "")
+        if code == "NoSuchBucket":
+            raise S3Error(f"{what} {uri}: bucket '{split_uri(uri)[0]}' does not exist: create it or fix the URI") \
+                from exc
+        raise S3Error(f"{what} {uri}: S3 answered {code} ({message}): check the URI and the credentials' "
+                      "permissions") from exc
+    except (ConnectionClosedError, EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError) as exc:
+        raise S3Error(f"{what} {uri}: S3 did not answer ({exc}) after {ATTEMPTS} attempts of at most "
+                      f"{CONNECT_TIMEOUT_S + READ_TIMEOUT_S} s: check AWS_ENDPOINT_URL_S3 and the network") from exc
+    except BotoCoreError as exc:  # the AWS configuration itself (a missing profile, a bad region, ...)
+        raise S3Error(f"{what} {uri}: {exc}: check the AWS configuration (AWS_PROFILE, AWS_DEFAULT_REGION, "
+                      "~/.aws)") from exc
 
 
 def _objects(s3: Any, bucket: str, prefix: str) -> list[str]:
@@ -36,21 +82,23 @@ def _objects(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def sync_down(uri: str, folder: Path) -> int:
+def sync_down(uri: str, folder: Path, what: str = "checkpoints from") -> int:
     """Every object under `uri` into `folder`, keeping the relative paths; returns how many."""
-    s3, (bucket, prefix) = client(), split_uri(uri)
-    keys = _objects(s3, bucket, prefix)
-    for key in keys:
-        target = folder / key[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(bucket, key, str(target))
+    with explained(uri, what):
+        s3, (bucket, prefix) = client(), split_uri(uri)
+        keys = _objects(s3, bucket, prefix)
+        for key in keys:
+            target = folder / key[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(target))
     return len(keys)
 
 
 def sync_up(folder: Path, uri: str) -> int:
     """Every file under `folder` to `uri` (multipart above boto3's threshold); returns how many."""
-    s3, (bucket, prefix) = client(), split_uri(uri)
-    files = sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.endswith(".tmp"))
-    for path in files:
-        s3.upload_file(str(path), bucket, prefix + str(path.relative_to(folder)))
+    with explained(uri, "checkpoints to"):
+        s3, (bucket, prefix) = client(), split_uri(uri)
+        files = sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.endswith(".tmp"))
+        for path in files:
+            s3.upload_file(str(path), bucket, prefix + str(path.relative_to(folder)))
     return len(files)
