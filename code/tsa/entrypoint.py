@@ -269,11 +269,11 @@ def main_train(base_dir: Path | None = None) -> int:
     configure_logging()
     configure_allocator()
     paths = JobPaths.from_root(base_dir)
+    install_stop_handler()
     if not is_launched_worker():
         clear_previous_outcome(paths)
         if script_mode_requested(paths):
             return run_guarded(paths, lambda: check_script_mode_contract(paths)) or run_script_mode(paths)
-    install_stop_handler()
     code = run_guarded(paths, lambda: train_job(paths))
     if code == 0 and not is_launched_worker():
         write_success(paths)

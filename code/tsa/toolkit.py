@@ -29,6 +29,7 @@ this image does not have: it is refused before anything starts (exit 2, our fail
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -143,20 +144,39 @@ def export_sm_environment(paths: JobPaths, resources: ResourceConfig, channels: 
              os.environ.get("SM_MODEL_DIR"), os.environ.get("SM_NUM_GPUS"), os.environ.get("SM_HOSTS"))
 
 
-def _forward_sigterm(signum: int, frame: FrameType | None) -> None:
+def _forward_sigterm(paths: JobPaths, signum: int, frame: FrameType | None) -> None:
     """PID 1 ignores an unhandled SIGTERM: pass it on to the user's script (and whatever it started).
 
     Under torchrun that is torchrun and its workers; torchrun sends it to the workers too and waits
-    `SHUTDOWN_GRACE_S` for them, so a worker's handler may run twice.
+    `SHUTDOWN_GRACE_S` for them, so a worker's handler may run twice. Before the script runs (the
+    toolkit fetching the code, installing requirements) there is nothing to forward to and the
+    toolkit would carry on: the job writes its stop notice and exits 143 at once.
     """
     import psutil
 
+    children = psutil.Process().children(recursive=True)
+    if not children:
+        log.warning("SIGTERM received before the user's entry point started: stopping")
+        _write_stop_notice(paths)
+        logging.shutdown()
+        os._exit(STOPPED_EXIT_CODE)
     log.warning("SIGTERM received: forwarding it to the user's entry point")
-    for child in psutil.Process().children(recursive=True):
+    for child in children:
         try:
             child.send_signal(signum)
         except psutil.Error:
             pass
+
+
+STOPPED_EXIT_CODE = 143
+
+
+def _write_stop_notice(paths: JobPaths) -> None:
+    try:
+        paths.failure_file.write_text("training stopped by SIGTERM before the user's entry point started "
+                                      "(the toolkit was fetching or installing its code): run the job again\n")
+    except OSError as exc:
+        log.error("cannot write %s (%s)", paths.failure_file, exc.strerror or exc)
 
 
 def check_script_mode_contract(paths: JobPaths) -> None:
@@ -172,6 +192,74 @@ def check_script_mode_contract(paths: JobPaths) -> None:
     read_resource_config(paths)  # the user's channels are the script's business: any names
     read_script_launch(paths)
     check_writable(paths.output_dir, "output folder")
+    check_entry_point(paths, read_json_object(paths.hyperparameters_file, required=True) or {})
+
+
+SUBMIT_KEY = "sagemaker_submit_directory"
+S3_CHECK_TIMEOUT_S = 60  # the toolkit's own download has boto3's defaults: minutes on a dead endpoint
+
+
+def check_entry_point(paths: JobPaths, hyperparameters: Mapping[str, Any]) -> None:
+    """The entry point can be found before the toolkit looks for it (it waits or dies with a traceback).
+
+    The toolkit takes the code from `code/` when that folder holds anything, else from
+    `sagemaker_submit_directory`: a local folder, a tar file or an `s3://` tar file, which must
+    answer within `S3_CHECK_TIMEOUT_S` (bounded connections, SIGTERM honoured while it waits).
+    """
+    program = str(decode_value(str, hyperparameters[SCRIPT_MODE_KEY]))
+    code_dir = paths.root / "code"
+    if code_dir.is_dir() and any(code_dir.iterdir()):
+        if not (code_dir / program).exists():
+            raise ConfigError([f"hyperparameter '{SCRIPT_MODE_KEY}' = '{program}': no such file in '{code_dir}', "
+                               "where the job's code is: name a file of the code the estimator uploaded"])
+        return
+    if SUBMIT_KEY not in hyperparameters:
+        raise ConfigError([f"hyperparameter '{SUBMIT_KEY}' is missing and '{code_dir}' is empty: the entry point "
+                           f"'{program}' has nowhere to come from; give the estimator source_dir (or entry_point)"])
+    source = str(decode_value(str, hyperparameters[SUBMIT_KEY]))
+    if source.startswith("s3://"):
+        region = hyperparameters.get("sagemaker_region")
+        _check_s3_object(source, str(decode_value(str, region)) if region else None)
+    elif Path(source).is_dir():
+        if not (Path(source) / program).exists():
+            raise ConfigError([f"hyperparameter '{SCRIPT_MODE_KEY}' = '{program}': no such file in "
+                               f"'{SUBMIT_KEY}' '{source}': name a file of that folder"])
+    elif not Path(source).is_file():
+        raise ConfigError([f"hyperparameter '{SUBMIT_KEY}' = '{source}': no such folder or file: give an s3:// "
+                           "URI, a folder or a .tar.gz of the code"])
+
+
+def _check_s3_object(uri: str, region: str | None) -> None:
+    """`uri` answers a HEAD request within `S3_CHECK_TIMEOUT_S`, else a `ConfigError` naming it."""
+    import threading
+    import time
+
+    from tsa.training.stop import check_stop
+
+    outcome: dict[str, str | None] = {}
+
+    def head() -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
+            boto3.client("s3", region_name=region, config=config).head_object(Bucket=bucket, Key=key)
+            outcome["error"] = None
+        except Exception as exc:  # credentials, endpoint, permissions, a missing object: all named below
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    worker = threading.Thread(target=head, name="submit-directory-check", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + S3_CHECK_TIMEOUT_S
+    while "error" not in outcome and time.monotonic() < deadline:
+        check_stop(f"while checking '{SUBMIT_KEY}' {uri}")
+        worker.join(0.2)
+    error = outcome.get("error", f"no answer within {S3_CHECK_TIMEOUT_S} s")
+    if error is not None:
+        raise ConfigError([f"hyperparameter '{SUBMIT_KEY}' = '{uri}' cannot be read ({error}): the entry point's "
+                           "code is not there or S3 does not answer; check the URI, the credentials and the network"])
 
 
 @dataclass(frozen=True)
@@ -286,6 +374,8 @@ def run_entry_point() -> None:
     env = environment.Environment()
     launch = read_script_launch(JobPaths.from_root(environment.base_dir))
     if not (launch.torchrun and env.current_instance_group in env.distribution_instance_groups):
+        # capture_error stays False: with True the toolkit reads the script's output in chunks and splits
+        # lines at chunk ends (an unbuffered print of several arguments lands on several lines).
         entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars())
         return
     processes = launch.processes_per_host()
@@ -314,7 +404,7 @@ def run_script_mode(paths: JobPaths) -> int:
     from sagemaker_training import trainer
 
     os.environ[FRAMEWORK_MODULE_ENV] = FRAMEWORK_ENTRY
-    signal.signal(signal.SIGTERM, _forward_sigterm)
+    signal.signal(signal.SIGTERM, functools.partial(_forward_sigterm, paths))
     log.info("script mode: %s names the entry point; the SageMaker training toolkit runs it",
              paths.hyperparameters_file)
     try:
