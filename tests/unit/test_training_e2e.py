@@ -314,14 +314,14 @@ sys.exit(main(["train"]))
 
 
 @pytest.mark.parametrize(("module", "owner", "method", "call", "stopped_at"), [
-    ("tsa.training.evaluation", "EvaluationPass", "add", 20 + 3, "at epoch 1, step 80"),  # epoch 1's validation
-    ("tsa.training.system", "TsaSystem", "training_step", 40, "at epoch 0, step 40"),  # epoch 0's last step
+    ("tsa.training.evaluation", "EvaluationPass", "add", 20 + 3, "during the validation of epoch 1"),
+    ("tsa.training.system", "TsaSystem", "training_step", 40, "during the validation of epoch 0"),  # last step
 ], ids=["during_validation_of_epoch_1", "at_the_last_step_of_epoch_0"])
-def test_a_stop_that_lands_at_an_epochs_end_keeps_the_epoch(tmp_path: Path, uninterrupted: Path, module: str,
+def test_a_stop_at_an_epochs_end_resumes_exactly(tmp_path: Path, uninterrupted: Path, module: str,
                                                             owner: str, method: str, call: int,
                                                             stopped_at: str) -> None:
-    """The epoch's validation finishes and its checkpoint is written: exit 143, and the rerun ends with the
-    uninterrupted run's weights and history (40 training steps and 20 validation batches an epoch)."""
+    """The validation ends at once (exit 143, within a batch), and the rerun, from the previous checkpoint, ends
+    with the uninterrupted run's weights and history (40 training steps and 20 validation batches an epoch)."""
     root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
     script = SIGTERM_AT_CALL.format(module=module, owner=owner, method=method, call=call)
@@ -330,7 +330,7 @@ def test_a_stop_that_lands_at_an_epochs_end_keeps_the_epoch(tmp_path: Path, unin
     assert stopped_at in (root / "output/failure").read_text()
     resumed = run_job(root)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming from" in resumed.stdout
+    assert ("resuming from" in resumed.stdout) == ("epoch 1" in stopped_at)  # epoch 0: nothing checkpointed yet
     ours = load_file(str(root / "model/model.safetensors"))
     theirs = load_file(str(uninterrupted / "model/model.safetensors"))
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)

@@ -1,8 +1,8 @@
 """Callbacks: spot-safe checkpoints and exact resume, and the log lines.
 
 - `SpotCheckpoint`: writes `last.ckpt` as a real file, atomically replaced, after every epoch and,
-  when the ranks agree on a SIGTERM (`stop.py`), at that training step (at the epoch's last step and
-  during validation: after the epoch's validation); resumes exactly: the
+  when the ranks agree on a SIGTERM (`stop.py`), at that training step (not at an epoch's last
+  step: see `on_train_batch_end`); resumes exactly: the
   data position is the data module's state, the loops and selection are Lightning's and the
   system's, the RNG states are this callback's.
 - `MetricLines`: one fixed-format line per epoch and per N steps that SageMaker's metric regexes
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tsa.errors import OutputError
-from tsa.training.stop import StopRequested, StopSignal
+from tsa.training.stop import STOP, StopRequested, StopSignal, check_stop_local
 from tsa.training.system import TsaSystem
 
 log = logging.getLogger("tsa.training")
@@ -88,24 +88,28 @@ class SpotCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if self.stop.agreed(trainer, step) and batch_idx + 1 < trainer.num_training_batches:
+        if not self.stop.agreed(trainer, step):
+            return
+        if batch_idx + 1 < trainer.num_training_batches:
             self._mid_epoch = True
             self.save(trainer)
             raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)
-        # At an epoch's last step the epoch's validation runs first (`on_validation_end`): Lightning 2.6
-        # resumes a checkpoint taken at that step without the epoch's validation, one epoch short.
+        # At an epoch's last step no checkpoint is taken: Lightning 2.6 resumes one taken there without the
+        # epoch's validation, silently one epoch short. Every rank stops at the validation's first batch
+        # instead, and the job resumes from the previous checkpoint (the epoch is trained again, exactly).
+        STOP.requested = True
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        """A SIGTERM during validation ends it at once; the job resumes from the last checkpoint (the previous
+        epoch's, or a mid-epoch one) and trains the epoch again. Lightning 2.6 does not repeat a validation
+        interrupted by a checkpoint, so none is taken here."""
+        check_stop_local(f"the validation of epoch {trainer.current_epoch}", self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The epoch is trained and validated: `last.ckpt`, then the stop that arrived meanwhile, if any.
-
-        A SIGTERM during validation lets the validation finish (the epoch's training is kept; the
-        pass is as long as the validation channel), so the rerun continues with the next epoch.
-        """
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._mid_epoch = False
             self.save(trainer)
-            if self.stop.agreed_now(trainer):
-                raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, trainer.global_step)
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -9,10 +9,10 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- validation: it finishes, the epoch-end `last.ckpt` is written, then every rank stops (so is a
-  stop agreed at an epoch's last step): the epoch's training is kept;
-- training's set-up and every final-scoring batch (`check_stop_local`): the pass is abandoned, the
-  last checkpoint resumes the job;
+- training's set-up and every validation and final-scoring batch (`check_stop_local`): the pass
+  is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes the job (a
+  stop agreed at an epoch's last step ends at the validation's first batch: Lightning 2.6 cannot
+  resume a checkpoint taken at that step);
 - the export (before the artifacts are moved into `model/`): the partial set is discarded,
   `model/` keeps what it held, and the checkpoint resumes the job; a SIGTERM during the move
   itself (a few renames) lets it finish, then the job exits 143 with the new set in place.
