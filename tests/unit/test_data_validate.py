@@ -35,8 +35,8 @@ def test_tsa_validate_refuses_bad_data_as_the_job_does(tmp_path: Path, capsys: p
     root = job_with(tmp_path, arrays, "npy")
     assert cli_main(["validate", str(root)]) == 2
     first_line = capsys.readouterr().err.splitlines()[0]
-    assert first_line.startswith("tsa validate: channel 'train' file 'train_X_seq_num_v0.npy' array 'X_seq_num': "
-                                 "example 3 holds NaN or Inf")
+    assert first_line.startswith("tsa validate: channel 'train' file 'train_X_seq_num_v0.npy' array 'X_seq_num' "
+                                 "column 0: example 3 holds NaN: allowed are finite numbers")
     assert main_train(root) == 2
     assert "tsa validate: " + (root / "output/failure").read_text().splitlines()[0] == first_line
 
@@ -59,3 +59,21 @@ def test_big_endian_arrays_are_read_losslessly(tmp_path: Path) -> None:
     rows = np.arange(len(arrays["Y"]))[::-1]
     for name, values in source.take(rows, source.names).items():
         assert values.dtype.isnative and np.array_equal(values, arrays[name][rows]), name
+
+
+def test_a_host_shard_of_a_scored_channel_may_hold_one_label(tmp_path: Path) -> None:
+    """A `ShardedByS3Key` validation channel is checked per host: one host's files may hold one label only
+    (the whole channel's labels are scored together), so only an unsharded channel with one label is refused."""
+    from tsa.contract import Channel
+    from tsa.data import open_channel, validate_channel
+    from tsa.data.convert import write_parquet_channel
+    from tsa.errors import DataError
+
+    config = JobConfig.from_hyperparameters(HP)
+    arrays = good_arrays()
+    arrays["Y"] = np.zeros_like(arrays["Y"])
+    write_parquet_channel(tmp_path / "validation", arrays)
+    shard = Channel("validation", tmp_path / "validation", distribution="ShardedByS3Key")
+    assert validate_channel(open_channel(shard, config), config.model) == len(arrays["Y"])
+    with pytest.raises(DataError, match="every example has label 0"):
+        validate_channel(open_channel(Channel("validation", tmp_path / "validation"), config), config.model)

@@ -3,7 +3,9 @@
 A channel source offers: `names`, `num_rows`, `rows_of/shape_of/dtype_of/file_of(name)`,
 `take(indices, names)` (vectorised gather), `iter_chunks(names, rows)` (streaming) and
 `locality_rows` (rows cheap to read together: 1 for memory maps, a row group for Parquet) and
-`ids(indices)` (the example ids, or None when the format has none).
+`ids(indices)` (the example ids, or None when the format has none), `describe_dtype(name)` (the
+stored value type, as an error names it) and `host_shard` (True when the folder holds only this
+host's share of the channel, `ShardedByS3Key`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ChannelSource = NpyChannel | ParquetChannel
 
 
 SHARDED = "ShardedByS3Key"
+EVALUATION_CHANNELS = ("validation", "calibration", "test")  # scored after training, in this order
 
 
 def detect_format(folder: Path, channel: str, sharded: bool = False) -> str:
@@ -56,4 +59,6 @@ def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
         )
     if fmt == "npy":
         return NpyChannel(channel.name, channel.path, config.data.data_version, specs)
-    return ParquetChannel(channel.name, channel.path, specs)
+    source = ParquetChannel(channel.name, channel.path, specs)
+    source.host_shard = channel.sharded_by_host
+    return source

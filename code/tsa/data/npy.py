@@ -72,6 +72,7 @@ class NpyChannel:
     """A channel in the legacy layout; implements the channel-source interface of `tsa.data`."""
 
     format = "npy"
+    host_shard = False  # a sharded .npy channel is refused (`open_channel`)
 
     def __init__(self, channel: str, folder: Path, version: str, specs: Sequence[ArraySpec]) -> None:
         self.channel, self.folder, self.version = channel, folder, version
@@ -114,6 +115,9 @@ class NpyChannel:
 
     def dtype_of(self, name: str) -> np.dtype:
         return self.arrays[name].dtype
+
+    def describe_dtype(self, name: str) -> str:
+        return str(self.dtype_of(name))
 
     @property
     def num_rows(self) -> int:

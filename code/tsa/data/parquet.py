@@ -95,6 +95,7 @@ class ParquetChannel:
     """A channel of Parquet files; implements the channel-source interface of `tsa.data`."""
 
     format = "parquet"
+    host_shard = False  # set by `open_channel` for a `ShardedByS3Key` channel
 
     def __init__(self, channel: str, folder: Path, specs: Sequence[ArraySpec]) -> None:
         self.channel, self.folder = channel, folder
@@ -156,6 +157,11 @@ class ParquetChannel:
             return np.dtype(value_type.to_pandas_dtype())
         except (NotImplementedError, TypeError):
             return np.dtype(object)
+
+    def describe_dtype(self, name: str) -> str:
+        """numpy's name of a numeric column's values; Arrow's for any other (`string`, `binary`, ...)."""
+        dtype = self.dtype_of(name)
+        return f"{column_shape(self.schema.field(name).type)[1]} (Arrow)" if dtype.kind == "O" else str(dtype)
 
     @property
     def locality_rows(self) -> int:

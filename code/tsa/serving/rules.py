@@ -28,9 +28,9 @@ def first_bad(mask: np.ndarray) -> int | None:
 def first_violation(name: str, values: np.ndarray, largest_id: int, n_classes: int) -> Violation | None:
     """The first example of array `name` that breaks a value rule, or None."""
     if values.dtype.kind == "f":
-        bad = first_bad(~np.isfinite(values))
-        if bad is not None:
-            return bad, None, "holds NaN or Inf; allowed are finite numbers"
+        violation = _non_finite(name, values)
+        if violation is not None:
+            return violation
     if name.endswith("X_seq_cat"):
         outside = (values < 0) | (values > largest_id)
         bad = first_bad(outside)
@@ -45,6 +45,32 @@ def first_violation(name: str, values: np.ndarray, largest_id: int, n_classes: i
         if bad is not None:
             return bad, None, f"has label {values[bad]}: allowed are 0..{n_classes - 1}"
     return None
+
+
+def column_name(name: str, width: int, column: int) -> str:
+    """A column of the last axis: the sequence's two special columns by name, any other by index."""
+    if name.endswith("X_seq_num") and column == width - 1:
+        return NOT_PADDED
+    if name.endswith("X_seq_num") and column == width - 2:
+        return TIME_TO_LAST
+    return str(column)
+
+
+def _non_finite(name: str, values: np.ndarray) -> Violation | None:
+    """The first NaN, +Inf or -Inf: the example, its column and the value found."""
+    finite = np.isfinite(values)
+    bad = first_bad(~finite)
+    if bad is None:
+        return None
+    row = values[bad]
+    where = tuple(int(i) for i in np.argwhere(~finite[bad])[0])
+    found = row[where] if where else row
+    shown = "NaN" if np.isnan(found) else ("+Inf" if found > 0 else "-Inf")
+    column = column_name(name, values.shape[-1], where[-1]) if where else None
+    text = f"holds {shown}: allowed are finite numbers"
+    if values.dtype == np.float16 and shown != "NaN":
+        text += f" (float16 holds magnitudes up to {float(np.finfo(np.float16).max):.0f}: store float32)"
+    return bad, column, text
 
 
 def _sequence_violation(values: np.ndarray) -> Violation | None:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from tsa.config import JobConfig
 from tsa.contract import Channel
 from tsa.data import TsaDataModule
+from tsa.data.channels import EVALUATION_CHANNELS
 from tsa.data.sharding import HostShards
 from tsa.errors import CheckpointError
 from tsa.models import build_model
@@ -127,9 +128,6 @@ def seed_everything(seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-
-
-EVALUATION_CHANNELS = ("validation", "calibration", "test")
 
 
 def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
