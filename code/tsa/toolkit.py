@@ -132,14 +132,22 @@ def sm_environment(paths: JobPaths, resources: ResourceConfig, channels: Mapping
 
 def export_sm_environment(paths: JobPaths, resources: ResourceConfig, channels: Mapping[str, Channel],
                           hyperparameters: Mapping[str, Any]) -> None:
-    """Set the `SM_*` variables for this process and the ranks it starts (values already set win)."""
+    """Set the `SM_*` variables for this process and the ranks it starts.
+
+    The files SageMaker writes are the source of truth (the job itself reads them, never these
+    variables): a variable already set to something else is overwritten, with a warning naming both.
+    """
     try:
         variables = sm_environment(paths, resources, channels, hyperparameters)
     except Exception as exc:  # the job does not depend on them: say so and go on
         log.warning("the SM_* variables are not set: the toolkit could not derive them (%s)", exc)
         return
     for key, value in variables.items():
-        os.environ.setdefault(key, value)
+        previous = os.environ.get(key)
+        if previous is not None and previous != value:
+            log.warning("%s=%r in the environment contradicts the job's config files (%r): the files win", key,
+                        previous, value)
+        os.environ[key] = value
     log.info("SM_* environment: %d variables (SM_MODEL_DIR=%s, SM_NUM_GPUS=%s, SM_HOSTS=%s)", len(variables),
              os.environ.get("SM_MODEL_DIR"), os.environ.get("SM_NUM_GPUS"), os.environ.get("SM_HOSTS"))
 

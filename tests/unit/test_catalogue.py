@@ -622,8 +622,9 @@ CATALOGUE: list[Case] = [
     Case("tmpdir_unwritable", 5, trained_job(), 0, "", model=NEW, inject=unwritable_tmpdir),
     Case("home_unset", 5, trained_job(), 0, "", model=NEW, inject=no_home),
     # SM_* variables that contradict the files SageMaker writes: the files are the source of truth (the
-    # job reads resourceconfig.json and its own folders, never these variables), so a single-host job
-    # trains alone without waiting, and a two-host job waits (bounded) for the host of the file.
+    # job reads resourceconfig.json and its own folders, never these variables, and overwrites them with a
+    # warning, test_contradicting_sm_variables_are_overwritten), so a single-host job trains alone without
+    # waiting, and a two-host job waits (bounded) for the host of the file.
     Case("sm_hosts_contradict_resourceconfig", 5, trained_job(resourceconfig=ONE_HOST), 0, "", model=NEW,
          env={"SM_HOSTS": '["algo-1", "algo-2"]', "SM_NUM_GPUS": "8"}),
     Case("sm_current_host_contradicts_resourceconfig", 5, trained_job(resourceconfig=ONE_HOST), 0, "", model=NEW,

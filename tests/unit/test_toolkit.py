@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -116,3 +117,19 @@ def test_script_mode_forwards_sigterm_to_the_users_script(tmp_path: Path) -> Non
     proc.communicate(timeout=60)
     assert (root / "output/data/got_sigterm").is_file()
     assert proc.returncode != 0
+
+
+def test_contradicting_sm_variables_are_overwritten(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files SageMaker writes win over SM_* already in the environment, and the job says so."""
+    from tsa.toolkit import export_sm_environment
+
+    root = write_job(tmp_path / "job", GOOD_HP, channels=("train", "validation"),
+                     resourceconfig={"current_host": "algo-1", "hosts": ["algo-1"]})
+    monkeypatch.setenv("SM_HOSTS", '["algo-1", "algo-2"]')
+    monkeypatch.setenv("SM_CURRENT_HOST", "algo-7")
+    paths = JobPaths(root)
+    with caplog.at_level("WARNING"):
+        export_sm_environment(paths, read_resource_config(paths), read_channels(paths), GOOD_HP)
+    assert os.environ["SM_HOSTS"] == '["algo-1"]' and os.environ["SM_CURRENT_HOST"] == "algo-1"
+    assert "SM_CURRENT_HOST='algo-7' in the environment contradicts the job's config files ('algo-1')" in caplog.text
