@@ -9,7 +9,8 @@ Non-obvious: `resourceconfig.json` and `inputdataconfig.json` are optional (defa
 `localhost`, channels found on disk), and local mode omits `S3DistributionType` and
 `instance_groups`; `checkpointconfig.json` exists when the job has a `CheckpointConfig`, and its
 `LocalPath` is the folder SageMaker syncs with S3. `hosts` is sorted as strings by SageMaker
-(`algo-10` before `algo-2`), so node ranks come from `ResourceConfig.ordered_hosts`, which sorts by the numeric suffix.
+(`algo-10` before `algo-2`), so node ranks come from `ResourceConfig.ordered_hosts`, which sorts
+by the numeric suffix.
 Reference: ../shared/docs/sagemaker_contract.md §1.
 """
 
@@ -147,6 +148,9 @@ class JobPaths:
         return self.output_dir / ".lightning"
 
 
+SHARDED_BY_S3_KEY = "ShardedByS3Key"  # S3DistributionType: each host gets some of the channel's S3 objects
+
+
 @dataclass(frozen=True)
 class Channel:
     """One input channel: its canonical name, folder and SageMaker input settings."""
@@ -160,7 +164,7 @@ class Channel:
     @property
     def sharded_by_host(self) -> bool:
         """SageMaker already gave each host its own part of the objects."""
-        return self.distribution == "ShardedByS3Key"
+        return self.distribution == SHARDED_BY_S3_KEY
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from tsa.contract import (
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.data.sharding import HostShards
-from tsa.errors import INTERNAL_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
+from tsa.errors import INTERNAL_ERROR_EXIT_CODE, STOPPED_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
 from tsa.toolkit import (
     check_built_in_distribution,
     check_script_mode_contract,
@@ -50,7 +50,7 @@ from tsa.toolkit import (
     script_mode_requested,
 )
 from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.cluster import SHARDS_ENV, export_shards, inherited_shards, meet, peers_watched
+from tsa.training.cluster import export_shards, inherited_shards, meet, peers_watched
 from tsa.training.plan import (
     RunPlan,
     check_memory,
@@ -66,7 +66,6 @@ from tsa.training.trainer import BEST_WEIGHTS, fit
 log = logging.getLogger("tsa")
 
 FAILURE_FILE_LIMIT = 1024
-STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: stopped after writing a resumable checkpoint
 
 
 def clear_previous_outcome(paths: JobPaths) -> None:
@@ -230,12 +229,11 @@ def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], res
     if error is None:
         log.info("resolved config: %s", json.dumps(config.resolved(), sort_keys=True))
         log.info("run plan: %s", plan.describe(resources.current_host))
-    if resources.num_nodes == 1:
-        os.environ.pop(SHARDS_ENV, None)
-        return HostShards()
-    resume_from = [checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_WEIGHTS]
-    sharded = {name: rows[name] for name, channel in channels.items() if channel.sharded_by_host and name in rows}
-    shards = meet(resources, config, plan.world, resume_from, sharded_rows=sharded, local_error=error)
+    shards = HostShards()  # one host: nothing differs between hosts
+    if resources.num_nodes > 1:
+        resume_from = [checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_WEIGHTS]
+        sharded = {name: rows[name] for name, channel in channels.items() if channel.sharded_by_host and name in rows}
+        shards = meet(resources, config, plan.world, resume_from, sharded_rows=sharded, local_error=error)
     export_shards(shards)
     return shards
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 USER_ERROR_EXIT_CODE = 2
 INTERNAL_ERROR_EXIT_CODE = 1
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM: stopped (stop, timeout, spot), a resumable state kept
 
 
 class JobError(Exception):

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tsa.config import TUNING_OBJECTIVE
-from tsa.contract import metric_definitions, read_json_object
+from tsa.contract import SHARDED_BY_S3_KEY, metric_definitions, read_json_object
 from tsa.errors import JobError
 
 DEFAULT_MAX_RUN = 5 * 24 * 3600  # the legacy production limit
@@ -57,7 +57,7 @@ class LaunchSpec:
         from sagemaker.inputs import TrainingInput
 
         return {
-            name: TrainingInput(uri, distribution="ShardedByS3Key" if name in self.sharded_channels
+            name: TrainingInput(uri, distribution=SHARDED_BY_S3_KEY if name in self.sharded_channels
                                 else "FullyReplicated", input_mode=self.input_mode)
             for name, uri in self.channels.items()
         }
@@ -239,7 +239,7 @@ def v3_channels(spec: LaunchSpec) -> list[Any]:
 
     return [Channel(channel_name=name, input_mode=spec.input_mode, data_source=DataSource(s3_data_source=S3DataSource(
         s3_data_type="S3Prefix", s3_uri=uri,
-        s3_data_distribution_type="ShardedByS3Key" if name in spec.sharded_channels else "FullyReplicated")))
+        s3_data_distribution_type=SHARDED_BY_S3_KEY if name in spec.sharded_channels else "FullyReplicated")))
         for name, uri in spec.channels.items()]
 
 

@@ -54,8 +54,9 @@ from tsa.contract import (
     read_json_object,
     read_resource_config,
 )
-from tsa.errors import ConfigError
+from tsa.errors import STOPPED_EXIT_CODE, ConfigError
 from tsa.training.plan import visible_gpus
+from tsa.training.stop import wait_in_thread
 
 log = logging.getLogger("tsa")
 
@@ -176,9 +177,6 @@ def _forward_sigterm(paths: JobPaths, signum: int, frame: FrameType | None) -> N
             pass
 
 
-STOPPED_EXIT_CODE = 143
-
-
 def _write_stop_notice(paths: JobPaths) -> None:
     try:
         paths.failure_file.write_text("training stopped by SIGTERM before the user's entry point started "
@@ -198,9 +196,10 @@ def check_script_mode_contract(paths: JobPaths) -> None:
         raise ConfigError([f"script mode ('{SCRIPT_MODE_KEY}' is set) needs {' and '.join(missing)} in "
                            f"'{paths.config_dir}', as SageMaker writes them: add them (local_mode/run.py does)"])
     read_resource_config(paths)  # the user's channels are the script's business: any names
-    read_script_launch(paths)
+    hyperparameters = read_json_object(paths.hyperparameters_file, required=True) or {}
+    script_launch(hyperparameters)
     check_writable(paths.output_dir, "output folder")
-    check_entry_point(paths, read_json_object(paths.hyperparameters_file, required=True) or {})
+    check_entry_point(paths, hyperparameters)
 
 
 SUBMIT_KEY = "sagemaker_submit_directory"
@@ -239,12 +238,7 @@ def check_entry_point(paths: JobPaths, hyperparameters: Mapping[str, Any]) -> No
 
 def _check_s3_object(uri: str, region: str | None) -> None:
     """`uri` answers a HEAD request within `S3_CHECK_TIMEOUT_S`, else a `ConfigError` naming it."""
-    import threading
-    import time
-
-    from tsa.training.stop import check_stop
-
-    outcome: dict[str, str | None] = {}
+    errors: list[str] = []
 
     def head() -> None:
         try:
@@ -254,17 +248,11 @@ def _check_s3_object(uri: str, region: str | None) -> None:
             bucket, _, key = uri[len("s3://"):].partition("/")
             config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
             boto3.client("s3", region_name=region, config=config).head_object(Bucket=bucket, Key=key)
-            outcome["error"] = None
         except Exception as exc:  # credentials, endpoint, permissions, a missing object: all named below
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            errors.append(f"{type(exc).__name__}: {exc}")
 
-    worker = threading.Thread(target=head, name="submit-directory-check", daemon=True)
-    worker.start()
-    deadline = time.monotonic() + S3_CHECK_TIMEOUT_S
-    while "error" not in outcome and time.monotonic() < deadline:
-        check_stop(f"while checking '{SUBMIT_KEY}' {uri}")
-        worker.join(0.2)
-    error = outcome.get("error", f"no answer within {S3_CHECK_TIMEOUT_S} s")
+    answered = wait_in_thread(head, S3_CHECK_TIMEOUT_S, f"while checking '{SUBMIT_KEY}' {uri}")
+    error = (errors[0] if errors else None) if answered else f"no answer within {S3_CHECK_TIMEOUT_S} s"
     if error is not None:
         raise ConfigError([f"hyperparameter '{SUBMIT_KEY}' = '{uri}' cannot be read ({error}): the entry point's "
                            "code is not there or S3 does not answer; check the URI, the credentials and the network"])
@@ -290,8 +278,13 @@ def _switch(value: Any) -> bool | None:
     return {"true": True, "1": True, "false": False, "0": False, "": False}.get(text)
 
 
-def _refused_distribution(key: str, value: Any) -> str | None:
-    """The problem with an unsupported distribution hyperparameter; None when it is off."""
+SCRIPT_RUNS = "it runs the entry point as one process per host or under torchrun"
+BUILT_IN_RUNS = "the built-in job trains with PyTorch DDP on every GPU of every host by itself"
+
+
+def _refused_distribution(key: str, value: Any, runs: str = SCRIPT_RUNS) -> str | None:
+    """The problem with an unsupported distribution hyperparameter (`runs`: what the job does instead);
+    None when it is off."""
     if key == "mp_parameters":  # model-parallel settings: the SDK writes them only when modelparallel is enabled
         enabled = str(decode_value(str, value)).strip() not in ("", "{}", "null")
     else:
@@ -299,20 +292,14 @@ def _refused_distribution(key: str, value: Any) -> str | None:
     if not enabled:
         return None
     return (f"hyperparameter '{key}' = {value!r} ({UNSUPPORTED_DISTRIBUTIONS[key]}) is not supported by this image: "
-            "it runs the entry point as one process per host or under torchrun, and has no MPI, sshd or SageMaker "
-            f"distributed libraries; {SUPPORTED_DISTRIBUTION}")
+            f"{runs}, and has no MPI, sshd or SageMaker distributed libraries; {SUPPORTED_DISTRIBUTION}")
 
 
 def check_built_in_distribution(hyperparameters: Mapping[str, Any]) -> None:
     """`tsa train` (no entry point) trains on every GPU of every host itself: `torch_distributed` asks for what
     it does anyway; any other distribution is refused rather than silently ignored."""
-    problems = []
-    for key in UNSUPPORTED_DISTRIBUTIONS:
-        if key in hyperparameters and _refused_distribution(key, hyperparameters[key]) is not None:
-            problems.append(f"hyperparameter '{key}' = {hyperparameters[key]!r} ({UNSUPPORTED_DISTRIBUTIONS[key]}) "
-                            "is not supported by this image: the built-in job trains with PyTorch DDP on every GPU "
-                            "of every host by itself; remove the distribution, or use "
-                            "distribution={'torch_distributed': {'enabled': True}}")
+    problems = [problem for key in UNSUPPORTED_DISTRIBUTIONS if key in hyperparameters
+                if (problem := _refused_distribution(key, hyperparameters[key], BUILT_IN_RUNS)) is not None]
     if problems:
         raise ConfigError(problems)
 

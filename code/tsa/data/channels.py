@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tsa.config import JobConfig
-from tsa.contract import Channel
+from tsa.contract import SHARDED_BY_S3_KEY, Channel
 from tsa.data.npy import NpyChannel
 from tsa.data.parquet import ParquetChannel
 from tsa.data.schema import array_specs
@@ -22,7 +22,6 @@ from tsa.errors import ChannelError
 ChannelSource = NpyChannel | ParquetChannel
 
 
-SHARDED = "ShardedByS3Key"
 EVALUATION_CHANNELS = ("validation", "calibration", "test")  # scored after training, in this order
 
 
@@ -36,8 +35,8 @@ def detect_format(folder: Path, channel: str, sharded: bool = False) -> str:
             "or set data_format to choose"
         )
     if not (has_npy or has_parquet):
-        why = (f" ({SHARDED} gives a host no files when the channel has fewer S3 objects than the job has hosts: "
-               "write at least one Parquet file per host)" if sharded else "")
+        why = (f" ({SHARDED_BY_S3_KEY} gives a host no files when the channel has fewer S3 objects than the job "
+               "has hosts: write at least one Parquet file per host)" if sharded else "")
         raise ChannelError(
             f"channel '{channel}' ({folder}) is empty: expected legacy .npy arrays or .parquet files{why}"
         )
@@ -52,8 +51,8 @@ def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
     specs = array_specs(config.model)
     if fmt == "npy" and channel.sharded_by_host:
         raise ChannelError(
-            f"channel '{channel.name}' has S3DistributionType '{SHARDED}', but its legacy .npy layout is one S3 "
-            "object per array, so sharding by key hands each host some of the arrays, not some of the rows: use "
+            f"channel '{channel.name}' has S3DistributionType '{SHARDED_BY_S3_KEY}', but its legacy .npy layout is "
+            "one S3 object per array, so sharding by key hands each host some of the arrays, not some of the rows: use "
             "'FullyReplicated' for it, or convert it to Parquet (`tsa data convert SRC DST --to parquet`, several "
             "files), the layout that shards by rows"
         )

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ from tsa.contract import ResourceConfig
 from tsa.data.sharding import HostShards
 from tsa.errors import ClusterError, JobError
 from tsa.training.plan import WorldLayout
-from tsa.training.stop import check_stop
+from tsa.training.stop import check_stop, wait_in_thread
 
 log = logging.getLogger("tsa.cluster")
 
@@ -93,6 +92,10 @@ class _Deadline:
     def passed(self) -> bool:
         return time.monotonic() - self.start >= self.timeout_s
 
+    @property
+    def remaining_s(self) -> float:
+        return max(self.timeout_s - (time.monotonic() - self.start), 0.0)
+
     def pause(self, detail: Callable[[], str] = lambda: "") -> None:
         check_stop(f"while waiting for {self.waiting_for}")
         time.sleep(POLL_S)
@@ -104,22 +107,19 @@ class _Deadline:
 
 
 def _resolve(host: str, deadline: _Deadline) -> str | None:
-    """None once `host` resolves, else the resolver's error; the lookup runs in a daemon thread, so
-    neither a slow resolver nor SIGTERM waits for it."""
-    outcome: dict[str, str | None] = {}
+    """None once `host` resolves, else the resolver's error; neither a slow resolver nor SIGTERM waits for
+    the lookup (`wait_in_thread`)."""
+    errors: list[str] = []
 
     def lookup() -> None:
         try:
             socket.getaddrinfo(host, None)
-            outcome["error"] = None
         except OSError as exc:
-            outcome["error"] = exc.strerror or str(exc)
+            errors.append(exc.strerror or str(exc))
 
-    worker = threading.Thread(target=lookup, name=f"resolve-{host}", daemon=True)
-    worker.start()
-    while "error" not in outcome and not deadline.passed:
-        deadline.pause()
-    return outcome.get("error", "no answer from the resolver")
+    if not wait_in_thread(lookup, deadline.remaining_s, f"while waiting for {deadline.waiting_for}"):
+        return "no answer from the resolver"
+    return errors[0] if errors else None
 
 
 def resolve_hosts(hosts: Sequence[str], timeout_s: float, describe: Callable[[str], str] = str) -> None:

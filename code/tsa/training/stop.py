@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -94,6 +97,24 @@ def check_stop(phase: str) -> None:
         raise StopRequested(f"training stopped by SIGTERM {phase}; nothing to checkpoint yet: run the job again")
 
 
+def wait_in_thread(call: Callable[[], None], timeout_s: float, phase: str) -> bool:
+    """Run `call` in a daemon thread and wait for it at most `timeout_s`; True once it returned.
+
+    For a blocking call that a signal cannot interrupt (a name lookup, a network request): neither
+    the deadline nor a SIGTERM (`check_stop(phase)`, every `WAIT_POLL_S`) waits for it to return.
+    """
+    worker = threading.Thread(target=call, name=f"bounded-wait {phase}", daemon=True)
+    worker.start()
+    deadline = time.monotonic() + timeout_s
+    while worker.is_alive() and time.monotonic() < deadline:
+        check_stop(phase)
+        worker.join(WAIT_POLL_S)
+    return not worker.is_alive()
+
+
+WAIT_POLL_S = 0.2
+
+
 def check_stop_local(what: str, checkpoint: Path) -> None:
     """A safe point without a collective: this rank's own flag (training's set-up, evaluation batches).
 
@@ -130,14 +151,10 @@ class StopSignal(L.Callback):
 
     def agreed(self, trainer: L.Trainer, step: int) -> bool:
         """Whether every rank stops after training step `step` (collective on check steps)."""
-        if is_distributed() and step % self.check_every_n_steps:
-            return False
-        return self.agreed_now(trainer)
-
-    def agreed_now(self, trainer: L.Trainer) -> bool:
-        """Whether any rank has the flag (a collective under DDP: every rank must call it at this point)."""
         if not is_distributed():
             return self.requested
+        if step % self.check_every_n_steps:
+            return False
         flag = torch.tensor([1.0 if self.requested else 0.0], device=trainer.strategy.root_device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
