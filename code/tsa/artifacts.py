@@ -216,12 +216,13 @@ def discard_partial(paths: JobPaths) -> None:
 
 
 def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
-                     before_publish: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                     stop_point: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Write every artifact (rank 0 only); returns the final metrics per split.
 
-    The output folder's predictions and plots come first, then the model set in `model/.partial`;
-    `before_publish` runs once that is complete, right before it is published (the job's last
-    chance to stop without touching `model/`).
+    The output folder's predictions and plots come first, then the model set in `model/.partial`,
+    then the publish. `stop_point` runs after every file or plot (the job's SIGTERM check: a
+    stop ends the export within one write, without touching `model/`) and last right before the
+    publish.
     """
     partial = paths.model_dir / PARTIAL
     discard_partial(paths)
@@ -229,18 +230,22 @@ def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     for split, s in result.scores.items():
         write_predictions(paths.output_data_dir / f"predictions_{split}.csv", s.by_row, result.ids.get(split))
+        stop_point()
         plot_roc_pr(paths.output_data_dir / f"roc_pr_{split}.png", s.by_row, split)
+        stop_point()
     plot_curves(paths.output_data_dir / "loss_curves.png", result.history)
+    stop_point()
 
     partial.mkdir(parents=True)
     save_weights(result.model, config, partial)
     write_torch(legacy_state_dict(result.model), partial / f"{name}.pt")
     write_legacy_scores(partial, result.scores)
+    stop_point()
     final = {split: {**get_performance(s.evaluated.scores, s.evaluated.labels, list(MEASURES)),
                      "loss_logged": s.logged_loss} for split, s in result.scores.items()}
     write_metrics(partial, result, final)
     shutil.copyfile(paths.output_data_dir / "loss_curves.png", partial / f"{name}.pt.png")
     write_serving(result.model, partial)
-    before_publish()
+    stop_point()
     publish(paths.model_dir)
     return final

@@ -13,6 +13,7 @@ the first 1024 characters), the traceback goes to stderr only, and an existing f
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -152,7 +153,9 @@ def load_job_config(paths: JobPaths) -> JobConfig:
 
 def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[str, int]:
     """Open and check every channel present; returns examples per channel."""
-    return {name: validate_channel(open_channel(channel, config), config.model) for name, channel in channels.items()}
+    stop_point = functools.partial(check_stop, "before training (while validating the data)")
+    return {name: validate_channel(open_channel(channel, config), config.model, before_chunk=stop_point)
+            for name, channel in channels.items()}
 
 
 def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None) -> dict[str, dict[str, float]]:
@@ -243,7 +246,7 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingRes
     """Write the artifacts of the selected model and its scores."""
     try:
         final = export_artifacts(paths, config, result,
-                                 before_publish=lambda: check_stop_during_export(paths, checkpoint_dir))
+                                 stop_point=lambda: check_stop_during_export(paths, checkpoint_dir))
     except OSError as exc:  # disk full, read-only, permissions: the environment's
         recover(paths)  # the model folder back to its previous set (or forward to the new one, if it was moving in)
         outcome = f"the model folder keeps a complete set; the job resumes from {checkpoint_dir}"

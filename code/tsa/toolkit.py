@@ -29,14 +29,17 @@ this image does not have: it is refused before anything starts (exit 2, our fail
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -170,6 +173,7 @@ def _forward_sigterm(paths: JobPaths, signum: int, frame: FrameType | None) -> N
         logging.shutdown()
         os._exit(STOPPED_EXIT_CODE)
     log.warning("SIGTERM received: forwarding it to the user's entry point")
+    SCRIPT.stop_forwarded = True
     for child in children:
         try:
             child.send_signal(signum)
@@ -347,6 +351,121 @@ def read_script_launch(paths: JobPaths) -> ScriptLaunch:
     return script_launch(hyperparameters)
 
 
+@dataclass
+class ScriptOutcome:
+    """What this process learnt of the user's entry point: it is run in this process's trainer call."""
+
+    failure: str = ""  # the failure file's first line, once the script failed
+    ended: str = "an error"  # how it ended, for a stop notice
+    stop_forwarded: bool = False
+
+
+SCRIPT = ScriptOutcome()
+TAIL_BYTES = 64 * 1024
+SUMMARY_CHARS = 600
+
+
+class OutputTail:
+    """A file descriptor (1 or 2) through a pipe while the user's script runs: every byte passes on
+    unchanged (whole lines stay whole, unlike the toolkit's chunked capture), the last
+    `TAIL_BYTES` are kept for the failure file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.tail = bytearray()
+
+    def __enter__(self) -> OutputTail:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        self._saved = os.dup(self.fd)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, self.fd)
+        os.close(write_end)
+        self._reader = threading.Thread(target=self._pass_on, args=(read_end,), name=f"tail-{self.fd}", daemon=True)
+        self._reader.start()
+        return self
+
+    def _pass_on(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                os.write(self._saved, chunk)
+                self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+
+    def __exit__(self, *exc_info: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(self._saved, self.fd)  # this process's end of the pipe closes
+        # A process the script left running may keep the pipe open and write on: the reader passes it
+        # on (the saved descriptor stays open for it), and the wait for it is bounded.
+        self._reader.join(timeout=1.0)
+
+    def text(self) -> str:
+        return bytes(self.tail).decode("utf-8", errors="replace")
+
+
+# An exception line: a dotted name, then ': message'. torchrun's summary of a failed worker
+# (ChildFailedError) is passed over for the worker's own traceback, printed before it.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: ")
+WRAPPERS = ("ChildFailedError",)
+
+
+def last_exception(output: str) -> str | None:
+    """The exception line of the last Python traceback in `output`, its frames indented or (as the
+    toolkit prints torchrun's output) not."""
+    lines = [line.strip() for line in output.splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    for start in reversed(starts):
+        found = next((line for line in lines[start + 1:] if EXCEPTION_LINE.match(line)), None)
+        if found and not any(wrapper in found.split(":")[0] for wrapper in WRAPPERS):
+            return found[:SUMMARY_CHARS]
+    return None
+
+
+def error_summary(stderr: str, stdout: str) -> str:
+    """The script's own error: its last traceback's exception (on stderr, else on stdout, where the
+    toolkit prints torchrun's output), else its last stderr line."""
+    found = last_exception(stderr) or last_exception(stdout)
+    if found:
+        return found
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    return last[:SUMMARY_CHARS] or "it wrote nothing to stderr"
+
+
+def _ending(return_code: str) -> str:
+    """'exit code 3' or 'signal SIGTERM' (a negative code: the signal that ended it)."""
+    try:
+        number = int(return_code)
+    except ValueError:
+        return f"exit code {return_code}"
+    if number < 0:
+        try:
+            return f"signal {signal.Signals(-number).name}"
+        except ValueError:
+            return f"signal {-number}"
+    return f"exit code {number}"
+
+
+@contextlib.contextmanager
+def script_failure_summarised(entry_point_name: str) -> Iterator[None]:
+    """Run the user's script with its output's tail kept; a failure names the script and its own error,
+    in the toolkit's error (its `ErrorMessage`) and in `SCRIPT.failure` (the failure file's first line)."""
+    from sagemaker_training import errors
+
+    failed: errors.ExecuteUserScriptError | None = None
+    with OutputTail(1) as stdout, OutputTail(2) as stderr:
+        try:
+            yield
+        except errors.ExecuteUserScriptError as exc:
+            failed = exc
+    if failed is None:  # read once the tails are closed: all the script wrote has passed through them
+        return
+    captured = failed.output.decode("utf-8", "replace") if isinstance(failed.output, bytes) else failed.output
+    summary = error_summary(stderr.text() or captured or "", stdout.text())
+    SCRIPT.ended = _ending(failed.return_code)
+    SCRIPT.failure = f"the entry point '{entry_point_name}' failed with {SCRIPT.ended}: {summary}"
+    raise errors.ExecuteUserScriptError(failed.cmd, failed.return_code, summary, failed.extra_info) from failed
+
+
 def _torchrun_of_this_interpreter_first() -> None:
     """The toolkit runs `torchrun` by name: make it the one installed with this interpreter's torch.
 
@@ -371,7 +490,8 @@ def run_entry_point() -> None:
     if not (launch.torchrun and env.current_instance_group in env.distribution_instance_groups):
         # capture_error stays False: with True the toolkit reads the script's output in chunks and splits
         # lines at chunk ends (an unbuffered print of several arguments lands on several lines).
-        entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars())
+        with script_failure_summarised(env.user_entry_point):
+            entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars())
         return
     processes = launch.processes_per_host()
     log.info("distribution torch_distributed: torchrun with %d process(es) per host on %d host(s), rendezvous "
@@ -384,9 +504,10 @@ def run_entry_point() -> None:
     # capture_error=True, as the PyTorch images pass it: the toolkit's TorchDistributedRunner.run takes
     # (capture_error, wait) in the opposite order to entry_point.run's call, so with False it would not
     # wait for torchrun's exit code and a failed job would report success.
-    entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars(), capture_error=True,
-                    runner_type=runner.TorchDistributedRunnerType,
-                    extra_opts={params.MPI_PROCESSES_PER_HOST: processes})
+    with script_failure_summarised(env.user_entry_point):
+        entry_point.run(env.module_dir, env.user_entry_point, env.to_cmd_args(), env.to_env_vars(),
+                        capture_error=True, runner_type=runner.TorchDistributedRunnerType,
+                        extra_opts={params.MPI_PROCESSES_PER_HOST: processes})
 
 
 def run_script_mode(paths: JobPaths) -> int:
@@ -410,4 +531,19 @@ def run_script_mode(paths: JobPaths) -> int:
     if code == 0 and not paths.success_file.exists():
         log.error("the toolkit's trainer ended without reporting success (%s is missing)", paths.success_file)
         return 1
+    if code != 0 and SCRIPT.stop_forwarded:
+        _put_first(paths, "training stopped by SIGTERM: it was forwarded to the user's entry point, which ended with "
+                          f"{SCRIPT.ended}; run the job again (with its checkpoint folder, if the script keeps one)")
+        return STOPPED_EXIT_CODE
+    if code != 0 and SCRIPT.failure:
+        _put_first(paths, SCRIPT.failure)
     return code
+
+
+def _put_first(paths: JobPaths, line: str) -> None:
+    """`line` as the failure file's first line, the toolkit's own report below it."""
+    try:
+        previous = paths.failure_file.read_text(encoding="utf-8") if paths.failure_file.is_file() else ""
+        paths.failure_file.write_text(line + "\n" + previous, encoding="utf-8")
+    except OSError as exc:
+        log.error("cannot write %s (%s); %s", paths.failure_file, exc.strerror or exc, line)

@@ -273,7 +273,9 @@ def test_h_a_failing_user_script_gives_the_toolkits_failure_file(tmp_path: Path)
     (job / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
     proc = run_container(job)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (job / "output/failure").read_text().startswith("ExecuteUserScriptError:\nExitCode 3\n")
+    assert (job / "output/failure").read_text().startswith(
+        "the entry point 'user_train.py' failed with exit code 3: it wrote nothing to stderr\nExecuteUserScriptError:\n"
+        "ExitCode 3\n")
 
 
 def test_i_local_mode_reads_s3_channels_and_resumes_from_s3_checkpoints_after_docker_stop(tmp_path: Path) -> None:

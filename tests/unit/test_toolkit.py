@@ -41,8 +41,36 @@ def test_a_failing_user_script_gets_the_toolkits_failure_file_and_exit_code(tmp_
     proc = run_job(root)
     assert proc.returncode == 1  # the toolkit's code for a failed user script (a ClientError)
     failure = (root / "output/failure").read_text()
-    assert failure.startswith("ExecuteUserScriptError:\nExitCode 3\n")
+    assert failure.startswith("the entry point 'user_train.py' failed with exit code 3: it wrote nothing to stderr\n"
+                              "ExecuteUserScriptError:\nExitCode 3\n")
     assert not (root / "output/success").exists()
+
+
+RAISING_SCRIPT = '''
+import sys
+print("USER starting", flush=True)
+print("a warning on stderr", file=sys.stderr, flush=True)
+def check(lr):
+    raise ValueError(f"the learning rate is negative: {lr}")
+try:
+    check(-1)
+except ValueError as exc:
+    raise RuntimeError("the user's set-up failed") from exc
+'''
+
+
+def test_a_raising_user_script_has_its_own_error_first_in_the_failure_file(tmp_path: Path) -> None:
+    """Not the toolkit's traceback: the exception line of the script's last traceback (a chained one here)."""
+    root = script_job(tmp_path, RAISING_SCRIPT)
+    proc = run_job(root)
+    assert proc.returncode == 1
+    failure = (root / "output/failure").read_text()
+    assert failure.splitlines()[0] == ("the entry point 'user_train.py' failed with exit code 1: "
+                                       "RuntimeError: the user's set-up failed")
+    assert 'ErrorMessage "RuntimeError: the user\'s set-up failed"' in failure and "Traceback" not in failure
+    log = proc.stdout + proc.stderr
+    assert "ValueError: the learning rate is negative: -1" in log  # the whole stderr still reaches the log
+    assert "a warning on stderr\n" in log
 
 
 def test_script_mode_without_the_config_files_sagemaker_writes_is_refused(tmp_path: Path) -> None:
@@ -116,7 +144,9 @@ def test_script_mode_forwards_sigterm_to_the_users_script(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert (root / "output/data/got_sigterm").is_file()
-    assert proc.returncode != 0
+    assert proc.returncode == 143
+    assert (root / "output/failure").read_text().startswith(
+        "training stopped by SIGTERM: it was forwarded to the user's entry point, which ended with exit code 143; ")
 
 
 def test_contradicting_sm_variables_are_overwritten(tmp_path: Path, caplog: pytest.LogCaptureFixture,

@@ -16,6 +16,7 @@ channel is this host's shard of a `ShardedByS3Key` channel (one shard may lack a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -95,12 +96,18 @@ def check_labels_present(source: ChannelSource, counts: np.ndarray) -> None:
     )
 
 
-def validate_channel(source: ChannelSource, cfg: ModelConfig) -> int:
-    """Check a whole channel, streaming; returns its number of examples."""
+def validate_channel(source: ChannelSource, cfg: ModelConfig,
+                     before_chunk: Callable[[], None] = lambda: None) -> int:
+    """Check a whole channel, streaming; returns its number of examples.
+
+    `before_chunk` runs before every chunk: the job's SIGTERM check, so that a stop ends a long
+    validation within a chunk's time.
+    """
     check_structure(source, cfg)
     names = list(source.names)
     counts = np.zeros(cfg.n_classes, dtype=np.int64)
     for start, arrays in source.iter_chunks(names, CHUNK_ROWS):
+        before_chunk()
         _check_chunk(source, cfg, start, arrays)
         counts += np.bincount(np.asarray(arrays["Y"], dtype=np.int64), minlength=cfg.n_classes)
     check_labels_present(source, counts)
