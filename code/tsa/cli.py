@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,7 +29,7 @@ import numpy as np
 from tsa import config as config_module
 from tsa.contract import JobPaths, load_hyperparameter_file, read_channels, read_json_object
 from tsa.entrypoint import load_job_config, main_train, validate_job_data
-from tsa.errors import JobError
+from tsa.errors import STOPPED_EXIT_CODE, JobError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +114,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # The outcome is written: a later SIGTERM must not turn it into a kill while the interpreter shuts down
     # (its finalisation puts the default handler back, and tearing torch down takes a while).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if code == STOPPED_EXIT_CODE:
+        # A stop is answered within seconds: every file is closed and the logs are flushed; the
+        # interpreter's teardown of torch and Lightning (about 1 s, measured) is skipped.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

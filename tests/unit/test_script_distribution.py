@@ -135,8 +135,8 @@ def test_a_host_that_never_joins_ends_the_job_at_the_rendezvous_timeout(tmp_path
     failure = (root / "output/failure").read_text()
     print(failure)
     first, second = failure.splitlines()[:2]
-    assert first.startswith("the entry point 'user_train.py' failed with exit code 1: torch.distributed.DistStoreError: "
-                            "Timed out after"), first
+    assert first.startswith("the entry point 'user_train.py' failed with exit code 1: "
+                            "torch.distributed.DistStoreError: Timed out after"), first
     assert second == "ExecuteUserScriptError:"
     assert probes(root) == []
 
