@@ -182,8 +182,9 @@ FAULTS = [
     ContainerFault("root_owned_job_folder_other_user", ("--user", "4321:4321"), 2,
                    "job failed: model folder '/opt/ml/model' is not writable (Permission denied)", in_log=True),
     ContainerFault("sigterm_during_a_long_validation", (), 143,
-                   "training stopped by SIGTERM during the validation of epoch 0; the model folder keeps what it "
-                   "held; nothing was checkpointed yet", stop_after="METRIC step=8;"),
+                   "training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch 0; "
+                   "checkpoint saved to /opt/ml/checkpoints/last.ckpt with the epoch trained",
+                   stop_after="METRIC step=8;"),
 ]
 LONG_VALIDATION = {**TINY, "batch_size": "8", "max_epoch": "1", "log_every_n_steps": "1"}
 

@@ -527,7 +527,8 @@ CATALOGUE: list[Case] = [
     Case("sigterm_training_step", 1, trained_job(), STOPPED, "at epoch 0, step 1; checkpoint saved to",
          inject=sigterm_at("tsa.training.system.TsaSystem.training_step")),
     Case("sigterm_validation_pass", 1, trained_job(), STOPPED,
-         "training stopped by SIGTERM during the validation of epoch 0; the model folder keeps what it held",
+         "training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch 0; "
+         "checkpoint saved to {root}/checkpoints/last.ckpt with the epoch trained; the model folder keeps what it held",
          inject=sigterm_at("tsa.training.evaluation.EvaluationPass.add")),
     Case("sigterm_final_scoring", 1, trained_job(), STOPPED,
          "during the final scoring of 'validation'; the model folder keeps what it held; the job resumes from "

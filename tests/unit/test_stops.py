@@ -62,7 +62,7 @@ PHASES = [
           f"{STOPPED} (stop, timeout or spot interruption) at epoch 0, step ",
           slow_units="tsa.training.system:TsaSystem.training_step=0.5"),
     Phase("validation", "SLOW-UNIT tsa.training.evaluation:EvaluationPass.add",
-          f"{STOPPED} during the validation of epoch 0",
+          f"{STOPPED} (stop, timeout or spot interruption) during the validation of epoch 0; checkpoint saved to ",
           slow_units="tsa.training.evaluation:EvaluationPass.add=0.5"),
     Phase("final_scoring", "SLOW-UNIT tsa.training.evaluation:EvaluationPass.add",
           f"{STOPPED} during the final scoring of 'validation'",

@@ -313,24 +313,29 @@ sys.exit(main(["train"]))
 """
 
 
-@pytest.mark.parametrize(("module", "owner", "method", "call", "stopped_at"), [
-    ("tsa.training.evaluation", "EvaluationPass", "add", 20 + 3, "during the validation of epoch 1"),
-    ("tsa.training.system", "TsaSystem", "training_step", 40, "during the validation of epoch 0"),  # last step
+@pytest.mark.parametrize(("module", "owner", "method", "call", "epoch"), [
+    ("tsa.training.evaluation", "EvaluationPass", "add", 20 + 3, 1),  # the third batch of epoch 1's validation
+    ("tsa.training.system", "TsaSystem", "training_step", 40, 0),  # epoch 0's last step: stops in its validation
 ], ids=["during_validation_of_epoch_1", "at_the_last_step_of_epoch_0"])
-def test_a_stop_at_an_epochs_end_resumes_exactly(tmp_path: Path, uninterrupted: Path, module: str,
-                                                            owner: str, method: str, call: int,
-                                                            stopped_at: str) -> None:
-    """The validation ends at once (exit 143, within a batch), and the rerun, from the previous checkpoint, ends
-    with the uninterrupted run's weights and history (40 training steps and 20 validation batches an epoch)."""
+def test_a_stop_during_validation_keeps_the_trained_epoch_and_resumes_exactly(
+        tmp_path: Path, uninterrupted: Path, module: str, owner: str, method: str, call: int, epoch: int) -> None:
+    """The validation ends within a batch (exit 143) with a checkpoint of the trained epoch; the rerun validates
+    that epoch again without training it again, and ends with the uninterrupted run's weights and history
+    (40 training steps and 20 validation batches an epoch)."""
     root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
     script = SIGTERM_AT_CALL.format(module=module, owner=owner, method=method, call=call)
     stopped = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 143, stopped.stdout[-3000:] + stopped.stderr[-3000:]
-    assert stopped_at in (root / "output/failure").read_text()
+    assert (root / "output/failure").read_text().startswith(
+        f"training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch {epoch}; "
+        f"checkpoint saved to {root / 'checkpoints/last.ckpt'} with the epoch trained")
     resumed = run_job(root)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert ("resuming from" in resumed.stdout) == ("epoch 1" in stopped_at)  # epoch 0: nothing checkpointed yet
+    assert "resuming from" in resumed.stdout
+    retrained = [line for line in resumed.stdout.splitlines() if line.startswith("METRIC step=")
+                 and f"; epoch={epoch};" in line]
+    assert retrained == [], "the stopped epoch was trained again"
     ours = load_file(str(root / "model/model.safetensors"))
     theirs = load_file(str(uninterrupted / "model/model.safetensors"))
     assert all(torch.equal(ours[name], theirs[name]) for name in theirs)

@@ -67,6 +67,14 @@ class SpotCheckpoint(L.Callback):
         self._mid_epoch = False
         self._resume: dict[str, Any] | None = None
         self._rng_after_iterator: dict[str, Any] | None = None
+        self._rng_before_validation: dict[str, Any] | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._in_validation = False  # a checkpoint taken inside a validation step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        assert isinstance(pl_module, TsaSystem)
+        pl_module.validation_stop_point = lambda: self._stop_in_validation(trainer)
+        pl_module.before_validation = self._before_validation
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stop.agreed(trainer, 0):  # every rank passes here once: a collective is safe
@@ -74,10 +82,37 @@ class SpotCheckpoint(L.Callback):
         resume, self._resume = self._resume, None
         if resume is None:
             return
-        if resume["mid_epoch"]:
+        if resume.get("in_validation"):
+            self._rng_to_restore = resume["rng"]  # put back when the validation starts again
+            # Lightning resumes a validation at the interrupted batch's count, on a new iterator of the
+            # loader, and so would end it that many batches short: the validation runs whole again instead.
+            trainer.fit_loop.epoch_loop.val_loop.batch_progress.current.reset()
+        elif resume["mid_epoch"]:
             self._rng_after_iterator = resume["rng"]
         else:
             _set_rng_state(resume["rng"])
+
+    def _before_validation(self) -> None:
+        """Right before the validation's data iterator is made: a resumed validation gets the RNG state the
+        interrupted one started with; every validation records it for a checkpoint taken inside it."""
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self._rng_before_validation = _rng_state()
+
+    def _stop_in_validation(self, trainer: L.Trainer) -> None:
+        """A SIGTERM during validation. One process: a checkpoint of the trained epoch, from which the job
+        validates the epoch again and goes on exactly. Several ranks: the pass is abandoned (their
+        passes may differ by a batch, so they cannot meet for the checkpoint's collective save) and
+        the job resumes from the previous checkpoint, training the epoch again."""
+        if trainer.world_size > 1:
+            check_stop_local(f"the validation of epoch {trainer.current_epoch}", self.path)
+            return
+        if not STOP.requested:
+            return
+        self._in_validation = True
+        self.save(trainer)
+        raise StopRequested.in_validation(self.path, trainer.current_epoch)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -95,16 +130,9 @@ class SpotCheckpoint(L.Callback):
             self.save(trainer)
             raise StopRequested.after_checkpoint(self.path, trainer.current_epoch, step)
         # At an epoch's last step no checkpoint is taken: Lightning 2.6 resumes one taken there without the
-        # epoch's validation, silently one epoch short. Every rank stops at the validation's first batch
-        # instead, and the job resumes from the previous checkpoint (the epoch is trained again, exactly).
+        # epoch's validation, silently one epoch short. Every rank stops in the validation's first batch
+        # instead (`_stop_in_validation`).
         STOP.requested = True
-
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
-        """A SIGTERM during validation ends it at once; the job resumes from the last checkpoint (the previous
-        epoch's, or a mid-epoch one) and trains the epoch again. Lightning 2.6 does not repeat a validation
-        interrupted by a checkpoint, so none is taken here."""
-        check_stop_local(f"the validation of epoch {trainer.current_epoch}", self.path)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
@@ -127,7 +155,10 @@ class SpotCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        checkpoint["tsa_resume"] = {"mid_epoch": self._mid_epoch, "rng": _rng_state()}
+        if self._in_validation:
+            checkpoint["tsa_resume"] = {"mid_epoch": True, "in_validation": True, "rng": self._rng_before_validation}
+        else:
+            checkpoint["tsa_resume"] = {"mid_epoch": self._mid_epoch, "rng": _rng_state()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

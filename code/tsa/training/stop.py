@@ -9,10 +9,13 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- training's set-up and every validation and final-scoring batch (`check_stop_local`): the pass
-  is abandoned, the last checkpoint (of the previous epoch, or a mid-epoch one) resumes the job (a
-  stop agreed at an epoch's last step ends at the validation's first batch: Lightning 2.6 cannot
-  resume a checkpoint taken at that step);
+- every validation batch (`SpotCheckpoint`): one process writes `last.ckpt` with the epoch
+  trained, from which the rerun validates the epoch again and goes on exactly; several ranks
+  abandon the pass (`check_stop_local`) and resume from the previous checkpoint, training the
+  epoch again (a stop agreed at an epoch's last step ends in the validation's first batch:
+  Lightning 2.6 cannot resume a checkpoint taken at that step);
+- training's set-up and every final-scoring batch (`check_stop_local`): the pass is abandoned,
+  the last checkpoint resumes the job;
 - the export (before the artifacts are moved into `model/`): the partial set is discarded,
   `model/` keeps what it held, and the checkpoint resumes the job; a SIGTERM during the move
   itself (a few renames) lets it finish, then the job exits 143 with the new set in place.
@@ -46,6 +49,14 @@ class StopRequested(Exception):
         return cls(
             f"training stopped by SIGTERM (stop, timeout or spot interruption) at epoch {epoch}, step {step}; "
             f"checkpoint saved to {checkpoint}; run the job again with the same checkpoint folder to resume"
+        )
+
+    @classmethod
+    def in_validation(cls, checkpoint: Any, epoch: int) -> StopRequested:
+        return cls(
+            f"training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch {epoch}; "
+            f"checkpoint saved to {checkpoint} with the epoch trained; the model folder keeps what it held; run the "
+            "job again with the same checkpoint folder to resume (it validates the epoch again)"
         )
 
     @classmethod

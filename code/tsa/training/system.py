@@ -67,6 +67,10 @@ class TsaSystem(L.LightningModule):
         self._train_loss_sum = torch.zeros((), dtype=torch.float64)
         self._train_batches = 0
         self._epoch_lr = float("nan")
+        # The checkpoint callback's safe point inside each validation step (see `SpotCheckpoint`).
+        self.validation_stop_point: Callable[[], None] = lambda: None
+        # Runs right before each validation's data iterator is made (which draws from the global RNG).
+        self.before_validation: Callable[[], None] = lambda: None
 
     def setup(self, stage: str) -> None:
         self.trace.bind(self.global_rank)
@@ -111,7 +115,15 @@ class TsaSystem(L.LightningModule):
         if self.trace.enabled and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self.trace.set(weights_sha1=weight_digests(self.model))
 
+    def on_validation_model_zero_grad(self) -> None:
+        super().on_validation_model_zero_grad()
+        if not self.trainer.sanity_checking:
+            self.before_validation()
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        # Inside the step, not in on_validation_batch_start: a checkpoint taken here is one Lightning
+        # resumes as "restarted mid-evaluation", running the whole validation again.
+        self.validation_stop_point()
         scores, y, loss = self._common_step(batch, "validation")
         self._validation.add(batch["row"], scores, y, loss)
         self.trace.extend("validation_rows", batch["row"].tolist())
