@@ -125,6 +125,15 @@ def predictions(root: Path, split: str) -> dict[str, float]:
     return {line.split(",")[0]: float(line.split(",")[2]) for line in lines[1:]}
 
 
+def validation_instances(root: Path) -> list[dict[str, Any]]:
+    """The job's validation channel as request instances: one object of arrays per row, the label left out."""
+    from tsa.data.convert import read_npy_arrays
+
+    arrays = read_npy_arrays(root / "input/data/validation")
+    return [{name: np.asarray(values[row]).tolist() for name, values in arrays.items() if name != "Y"}
+            for row in range(len(arrays["Y"]))]
+
+
 def dry_run_request(example: str, **overrides: Any) -> dict[str, Any]:
     """The CreateTrainingJob request `tsa launch --dry-run` builds for a shipped example (either SDK)."""
     from tests.conftest import load_example
@@ -192,6 +201,15 @@ def expected_here(definition: dict[str, str]) -> bool:
     import torch
 
     return not definition["Name"].startswith("gpu:") or torch.cuda.is_available()
+
+
+SLOW_PHASES = Path(__file__).resolve().parent / "slow_phases"
+
+
+def slowed(units: str, settings: str = "") -> dict[str, str]:
+    """The environment that makes `tests/slow_phases/sitecustomize.py` slow these units of a job's work."""
+    return {"PYTHONPATH": os.pathsep.join([str(SLOW_PHASES), os.environ.get("PYTHONPATH", "")]),
+            "TSA_SLOW_UNITS": units, "TSA_SLOW_SETTINGS": settings}
 
 
 def fresh_environment() -> dict[str, str]:

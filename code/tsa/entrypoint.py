@@ -136,7 +136,8 @@ def run_guarded(paths: JobPaths, job: Callable[[], object]) -> int:
         job()
     except StopRequested as exc:
         log.warning("%s", exc)
-        write_failure(paths, exc)
+        if exc.reported:
+            write_failure(paths, exc)
         return STOPPED_EXIT_CODE
     except (JobError, Exception) as exc:
         traceback.print_exc(file=sys.stderr)

@@ -14,7 +14,6 @@ mode a real user script, neither slowed. Serving's SIGTERM is measured in `test_
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -25,11 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs import QUICK, free_port, fresh_environment, make_job, script_job
+from tests.jobs import QUICK, free_port, fresh_environment, make_job, script_job, slowed
 
 pytestmark = pytest.mark.slow
 
-HARNESS = Path(__file__).resolve().parents[1] / "slow_phases"
 BOUND_S = 5.0
 STARTUP_TIMEOUT_S = 120
 ROWS = "train=640,validation=640,calibration=64"  # 20 training steps, 20 validation batches (batch_size 32)
@@ -86,8 +84,7 @@ def job_for(phase: Phase, tmp_path: Path) -> Path:
 
 def start(root: Path, phase: Phase) -> subprocess.Popen[str]:
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(HARNESS), os.environ.get("PYTHONPATH", "")]),
-           "TSA_SLOW_UNITS": phase.slow_units, "TSA_SLOW_SETTINGS": phase.slow_settings}
+           **slowed(phase.slow_units, phase.slow_settings)}
     if phase.resourceconfig is not None:
         env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port_pair())})
     return subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,

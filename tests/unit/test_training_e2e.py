@@ -33,6 +33,7 @@ from tests.jobs import (
     metrics,
     predictions,
     run_job,
+    slowed,
 )
 from tsa.contract import JobPaths
 from tsa.data.convert import read_npy_arrays
@@ -252,6 +253,41 @@ def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninte
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
     assert metrics(root)["epochs"] == metrics(uninterrupted)["epochs"]
+
+
+RESUME_HP_TWO_RANKS = {**RESUME_HP, "cpu_processes": "2"}  # 20 training steps and 10 validation batches a rank
+
+
+def test_two_ranks_stopped_in_validation_resume_exactly(tmp_path: Path) -> None:
+    """Each rank stops at its own next validation batch; global rank 0 alone writes the checkpoint (no
+    collective), and the rerun validates epoch 1 again and ends with the uninterrupted run's weights and
+    history. The stop comes from outside, while epoch 1's validation is slowed (0.5 s a batch)."""
+    reference = make_job(tmp_path / "reference", RESUME_HP_TWO_RANKS)
+    assert run_job(reference, env={"MASTER_PORT": str(free_port())}).returncode == 0
+    root = make_job(tmp_path / "stopped", RESUME_HP_TWO_RANKS, data=reference / "input/data")
+    env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1",
+           "MASTER_PORT": str(free_port()), **slowed("tsa.training.evaluation:EvaluationPass.add=0.5@12")}
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("SLOW-UNIT"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, rest[-3000:]
+    assert (root / "output/failure").read_text().startswith(
+        "training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch 1; "
+        "checkpoint saved to")
+    resumed = run_job(root, env={"MASTER_PORT": str(free_port())})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    retrained = [line for line in resumed.stdout.splitlines()
+                 if line.startswith("METRIC step=") and "; epoch=1;" in line]
+    assert retrained == [], "epoch 1 was trained again"
+    ours = load_file(str(root / "model/model.safetensors"))
+    theirs = load_file(str(reference / "model/model.safetensors"))
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    assert metrics(root)["epochs"] == metrics(reference)["epochs"]
 
 
 def score_lines(path: Path) -> list[float]:

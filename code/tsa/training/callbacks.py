@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tsa.errors import OutputError
-from tsa.training.stop import STOP, StopRequested, StopSignal, check_stop_local
+from tsa.training.stop import STOP, StopRequested, StopSignal
 from tsa.training.system import TsaSystem
 
 log = logging.getLogger("tsa.training")
@@ -101,18 +101,38 @@ class SpotCheckpoint(L.Callback):
         self._rng_before_validation = _rng_state()
 
     def _stop_in_validation(self, trainer: L.Trainer) -> None:
-        """A SIGTERM during validation. One process: a checkpoint of the trained epoch, from which the job
-        validates the epoch again and goes on exactly. Several ranks: the pass is abandoned (their
-        passes may differ by a batch, so they cannot meet for the checkpoint's collective save) and
-        the job resumes from the previous checkpoint, training the epoch again."""
-        if trainer.world_size > 1:
-            check_stop_local(f"the validation of epoch {trainer.current_epoch}", self.path)
-            return
+        """A SIGTERM during validation: `last.ckpt` with the epoch trained, from which the job validates the
+        epoch again and goes on exactly. Every rank stops at its own next batch; only global rank 0 writes,
+        without the collective save (the ranks' passes may differ by a batch: they could not meet for it),
+        its state being every rank's (weights, optimizer, data position, RNG)."""
         if not STOP.requested:
             return
+        epoch = trainer.current_epoch
+        if not trainer.is_global_zero:
+            stopped = StopRequested(f"training stopped by SIGTERM during the validation of epoch {epoch}; global "
+                                    "rank 0 writes the checkpoint with the epoch trained; run the job again to resume")
+            stopped.reported = trainer.local_rank == 0
+            raise stopped
         self._in_validation = True
-        self.save(trainer)
-        raise StopRequested.in_validation(self.path, trainer.current_epoch)
+        if trainer.world_size == 1:
+            self.save(trainer)
+        else:
+            self._save_alone(trainer)
+        raise StopRequested.in_validation(self.path, epoch)
+
+    def _save_alone(self, trainer: L.Trainer) -> None:
+        """`save` without its collectives: `Trainer.save_checkpoint` ends with a barrier of every rank.
+        The same two steps it takes before it (Lightning's checkpoint connector has no public form)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            outcome = "the previous checkpoint is kept and the model folder keeps what it held"
+            raise OutputError.writing("the checkpoint", exc, self.path, outcome) from exc
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

@@ -9,11 +9,10 @@ would land wherever the interpreter happens to be. Safe points:
 - training (`StopSignal.agreed`): a single process reads the flag (no tensor, no host sync); a
   multi-rank job all-reduces it every `stop_check_every_n_steps` steps so that every rank stops
   at the same step; the checkpoint callback then writes `last.ckpt` and the job exits 143;
-- every validation batch (`SpotCheckpoint`): one process writes `last.ckpt` with the epoch
-  trained, from which the rerun validates the epoch again and goes on exactly; several ranks
-  abandon the pass (`check_stop_local`) and resume from the previous checkpoint, training the
-  epoch again (a stop agreed at an epoch's last step ends in the validation's first batch:
-  Lightning 2.6 cannot resume a checkpoint taken at that step);
+- every validation batch (`SpotCheckpoint`): global rank 0 writes `last.ckpt` with the epoch
+  trained, from which the rerun validates the epoch again and goes on exactly (a stop agreed at
+  an epoch's last step ends in the validation's first batch: Lightning 2.6 cannot resume a
+  checkpoint taken at that step);
 - training's set-up and every final-scoring batch (`check_stop_local`): the pass is abandoned,
   the last checkpoint resumes the job;
 - the export (before the artifacts are moved into `model/`): the partial set is discarded,
@@ -42,7 +41,13 @@ log = logging.getLogger("tsa.training")
 
 
 class StopRequested(Exception):
-    """SIGTERM (stop, timeout, spot): raised on every rank once it is safe to exit."""
+    """SIGTERM (stop, timeout, spot): raised on every rank once it is safe to exit.
+
+    `reported` False: this rank leaves the host's failure file to its local rank 0, which stops too
+    and knows more (the checkpoint it wrote).
+    """
+
+    reported = True
 
     @classmethod
     def after_checkpoint(cls, checkpoint: Any, epoch: int, step: int) -> StopRequested:
