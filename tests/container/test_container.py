@@ -338,7 +338,7 @@ def test_j_the_image_serves_its_model_and_stops_cleanly(tmp_path: Path) -> None:
         docker("rm", "-f", name)
     expected = predictions(job, "validation")
     assert max(abs(s - expected[str(r)]) for r, s in enumerate(scores)) <= 1e-6
-    assert state["ExitCode"] == 0 and stopped_in < 25
+    assert state["ExitCode"] == 143 and stopped_in < 10  # tsa serve: 143 within 5 s of SIGTERM, plus docker's own time
 
 
 def test_k_pytorch_estimator_torch_distributed_runs_torchrun_on_two_instances(tmp_path: Path,

@@ -12,6 +12,8 @@ PyTorch inference container without the tsa package.
   `NumpySerializer` sends); media-type parameters such as `charset=utf-8` are accepted. An instance
   holds the legacy per-example arrays (`X_seq_cat`, `X_seq_num`, `X_num`; dual model: `cid_*`,
   `ccid_*`, `X_num`). numpy bodies are read with `allow_pickle=False`: nothing in a request runs.
+  JSON is read strictly: the literals NaN, Infinity and -Infinity (Python's json accepts them) and
+  a nesting too deep for the parser are 400s, never a 500.
 - `predict_fn` checks every instance as training checks a channel (the arrays the model reads,
   nothing else; per-instance shapes of the saved config, `seq_len` included; integral ids in range;
   finite values; the `not_padded` and `time_to_last` rules of `rules.py`), builds the forward
@@ -124,8 +126,16 @@ def model_fn(model_dir: str) -> dict[str, Any]:
 
 
 def _parse_json(text: str, where: str) -> Any:
+    """`text` parsed as strict JSON: no NaN/Infinity literals (Python's json reads them), bounded nesting."""
+    def refuse(literal: str) -> Any:
+        raise RequestError(400, f"{where} holds the literal {literal}: JSON has no NaN or Infinity, and the model "
+                                "requires finite numbers; send finite numbers")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError as exc:  # the C scanner recurses per level: a deep nesting is no ValueError
+        raise RequestError(400, f"{where} is JSON nested too deeply to parse ({exc}): a request nests at most "
+                                '{"instances": [{"name": [[numbers]]}]}') from exc
     except ValueError as exc:
         raise RequestError(400, f"{where} is not valid JSON ({exc})") from exc
 
