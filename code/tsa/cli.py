@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -115,13 +116,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # (its finalisation puts the default handler back, and tearing torch down takes a while).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if code == STOPPED_EXIT_CODE:
-        # A stop is answered within seconds: every file is closed and the logs are flushed; the
-        # interpreter's teardown of torch and Lightning (about 1 s, measured) is skipped.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _exit_now(code)
     return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown of torch and Lightning (about 1 s, measured): a stop is
+    answered within seconds. Every file is closed by then; the logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -199,13 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tsa.serving.server import serve
 
     configure_logging()
-    code = serve(model_dir=args.model_dir, port=args.port)
-    # A stop is answered within seconds (the logs are flushed): as after a stopped training, the
-    # interpreter's teardown of torch and Lightning (about 1 s, measured) is skipped.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _exit_now(serve(model_dir=args.model_dir, port=args.port))
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
