@@ -12,7 +12,9 @@ contain, and what `/opt/ml/model` holds afterwards:
 And for every row: no traceback in the failure file (whose length SageMaker caps at 1024 shown
 characters), no `.partial`, `.previous` or `.publishing` in `model/`, and no payload ran.
 Faults that need a real process tree or real permissions (a read-only or full volume, another
-user, `docker stop`) are rows of the container tests (`tests/container`).
+user, `docker stop`) are rows of the container tests (`tests/container`); serving's hostile clients
+are `tests/unit/test_serving_faults.py`'s table, and a real SIGTERM in each phase of a real process,
+timed, is `tests/unit/test_stops.py`.
 """
 
 from __future__ import annotations
