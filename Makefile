@@ -78,7 +78,7 @@ gpu-wheels:
 	  matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 kiwisolver==1.5.1 pillow==13.0.0 \
 	  pyparsing==3.3.3
 
-# Shims that choose Intel MKL's code path (tests/equivalence/mkl_path.c; README "Legacy equivalence").
+# Shims that choose Intel MKL's code path (tests/equivalence/mkl_path.c; docs/legacy_equivalence.md).
 mkl-path:
 	mkdir -p .build
 	cc -shared -fPIC -O2 -DMKL_PATH_INTEL=1 -o .build/libmkl_path_intel.so tests/equivalence/mkl_path.c

@@ -5,7 +5,7 @@
  * round differently once matrices are larger than a few dozen rows, so a legacy run made on
  * one path is reproduced bit for bit only on the same path. Built as a shared object and put in
  * LD_PRELOAD of a process, this answers the question: -DMKL_PATH_INTEL=1 (optimised kernels) or
- * -DMKL_PATH_INTEL=0 (generic path). See README, "Legacy equivalence".
+ * -DMKL_PATH_INTEL=0 (generic path). See docs/legacy_equivalence.md.
  */
 #ifndef MKL_PATH_INTEL
 #error "define MKL_PATH_INTEL as 1 (Intel kernels) or 0 (generic path)"

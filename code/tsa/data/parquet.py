@@ -1,6 +1,6 @@
 """The Parquet format: one row per example, one column per legacy array, fixed-size lists.
 
-Layout (documented in the README): a channel folder holds one or more `*.parquet` files read
+Layout (documented in docs/data.md): a channel folder holds one or more `*.parquet` files read
 in name order. Column names are the legacy array names (`X_seq_cat`, `X_seq_num`, `X_num`,
 `Y`; `cid_`/`ccid_` prefixes for the dual model); an array of per-example shape `(L, n)` is a
 `fixed_size_list<fixed_size_list<T, n>, L>` column, so its values are one contiguous buffer
