@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -112,10 +113,22 @@ def probes(root: Path) -> list[dict[str, Any]]:
 
 
 def artifact_names(test_name: str) -> set[str]:
-    """A complete set's files (`tsa.artifacts`), for the job's `test_name`."""
-    return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "model.pt",
-            "code/inference.py", "code/rules.py", "metrics.json", "score_file.csv", "tag_file.csv",
-            "cali_score_file.csv", "cali_tag_file.csv", "percentile_score.pkl", "percentile_score.json"}
+    """A complete set's files (`tsa.artifacts`), for the job's `test_name`; `code/tsa_models/`: every `.py` file of
+    the package `tsa.models`."""
+    import tsa.models
+
+    model_code = {f"code/tsa_models/{path.name}" for path in Path(tsa.models.__file__).parent.glob("*.py")}
+    return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "code/inference.py",
+            "code/rules.py", "metrics.json", "score_file.csv", "tag_file.csv", "cali_score_file.csv",
+            "cali_tag_file.csv", "percentile_score.pkl", "percentile_score.json", *model_code}
+
+
+def load_handler(model_dir: Path) -> Any:
+    """The handler a job wrote (`model/code/inference.py`), loaded by path as a module of its own."""
+    spec = importlib.util.spec_from_file_location("served_inference", model_dir / "code/inference.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def predictions(root: Path, split: str) -> dict[str, float]:
@@ -173,6 +186,22 @@ def wait_until_serving(port: int, timeout_s: float, alive: Callable[[], bool], d
         except OSError:
             assert time.monotonic() < deadline and alive(), describe()
             time.sleep(0.3)
+
+
+def torchserve_post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
+    """(status, content type, body) of one POST /invocations; waits out the 503 of a worker still loading."""
+    import http.client
+
+    deadline = time.monotonic() + 60
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8", "replace")
+        connection.close()
+        if response.status != 503 or time.monotonic() > deadline:
+            return response.status, response.getheader("Content-Type", ""), text
+        time.sleep(0.5)
 
 
 def free_port() -> int:

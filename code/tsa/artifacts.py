@@ -9,9 +9,10 @@ So the model folder holds the previous complete set or the new one.
 
 `/opt/ml/model` (-> model.tar.gz):
 - `model.safetensors` (project keys) and `config.json` (resolved config + versions);
-- `<test_name>.pt`: the legacy-keyed state dict the legacy packaging and handler load;
-- `model.pt` (TorchScript) + `code/inference.py` and `code/rules.py` for the SageMaker PyTorch inference
-  toolkit;
+- `<test_name>.pt`: the legacy-keyed state dict the legacy packaging and handler load, and the
+  weights `code/inference.py` loads;
+- `code/inference.py`, `code/rules.py` and `code/tsa_models/` (the model code) for the SageMaker PyTorch
+  inference toolkit (`write_serving`);
 - `metrics.json`: every epoch, the best epoch, final metrics per split;
 - legacy downstream files, always (not only on early stop, Q22): `score_file.csv` /
   `tag_file.csv` (validation P(fraud) and labels, no header), `cali_score_file.csv` /
@@ -38,12 +39,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
-from torch import nn
 
 from tsa.config import JobConfig
 from tsa.contract import JobPaths
 from tsa.legacy import legacy_state_dict
+from tsa.serving.inference import MODEL_PACKAGE
 from tsa.training.evaluation import ChannelScores, Predictions
 from tsa.training.metrics import MEASURES, get_performance, positive_probability
 from tsa.training.result import EpochResult, TrainingResult
@@ -68,12 +68,23 @@ def percentile_map(scores: np.ndarray) -> list[list[float]]:
 SERVING_FILES = ("inference.py", "rules.py")
 
 
-def write_serving(model: nn.Module, folder: Path) -> None:
-    """`model.pt` (TorchScript, CPU, eval), `code/inference.py` and `code/rules.py`."""
-    write_torch(torch.jit.script(model.cpu().eval()), folder / "model.pt")
-    (folder / "code").mkdir(exist_ok=True)
-    for name in SERVING_FILES:  # the handler and the input rules it shares with training
-        (folder / "code" / name).write_text(resources.files("tsa.serving").joinpath(name).read_text())
+def write_serving(folder: Path) -> None:
+    """`code/`: the handler, the input rules it shares with training, and the model code.
+
+    The model code is the package `tsa.models` copied as it is (its `.py` files) into
+    `code/tsa_models/`: the handler builds the plain module from it, `config.json` and the state dict
+    `<test_name>.pt`, under the AWS PyTorch inference image's torch (2.6.0 tested) and newer ones
+    (docs/serving.md).
+    No TorchScript `model.pt`: TorchScript is deprecated upstream, a file written by this torch is
+    not known to load in an older one, and nothing here reads it any more.
+    """
+    code = folder / "code"
+    (code / MODEL_PACKAGE).mkdir(parents=True, exist_ok=True)
+    for name in SERVING_FILES:
+        (code / name).write_text(resources.files("tsa.serving").joinpath(name).read_text())
+    for source in sorted(resources.files("tsa.models").iterdir(), key=lambda item: item.name):
+        if source.name.endswith(".py"):
+            (code / MODEL_PACKAGE / source.name).write_text(source.read_text())
 
 
 def write_metrics(folder: Path, result: TrainingResult, final: dict[str, dict[str, float]]) -> None:
@@ -245,7 +256,7 @@ def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
                      "loss_logged": s.logged_loss} for split, s in result.scores.items()}
     write_metrics(partial, result, final)
     shutil.copyfile(paths.output_data_dir / "loss_curves.png", partial / f"{name}.pt.png")
-    write_serving(result.model, partial)
+    write_serving(partial)
     stop_point()
     publish(paths.model_dir)
     return final

@@ -37,12 +37,9 @@ def write_safetensors(tensors: Mapping[str, Tensor], path: Path) -> None:
 
 
 def write_torch(obj: object, path: Path) -> None:
-    """`torch.save` (or `torch.jit.save` of a scripted module) into memory, then written as `write_safetensors`."""
+    """`torch.save` into memory, then written as `write_safetensors`."""
     buffer = io.BytesIO()
-    if isinstance(obj, torch.jit.ScriptModule):
-        torch.jit.save(obj, buffer)
-    else:
-        torch.save(obj, buffer)
+    torch.save(obj, buffer)
     path.write_bytes(buffer.getbuffer())
 
 

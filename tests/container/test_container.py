@@ -161,7 +161,7 @@ def test_e_sagemaker_sdk_local_mode_two_instances(tmp_path: Path) -> None:
     assert archives, log[-3000:]
     with tarfile.open(archives[0]) as archive:
         names = set(archive.getnames())
-    assert {"model.safetensors", "model.pt", "code/inference.py", "metrics.json", "smoke.pt"} <= names
+    assert {"model.safetensors", "code/inference.py", "code/tsa_models/tsa.py", "metrics.json", "smoke.pt"} <= names
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ def test_g_pytorch_framework_estimator_runs_a_user_script_that_calls_tsa(tmp_pat
         names = set(tar.getnames())
         user_step = json.loads(tar.extractfile("user_step.json").read())  # type: ignore[union-attr]
         final = json.loads(tar.extractfile("metrics.json").read())["final"]  # type: ignore[union-attr]
-    assert {"model.safetensors", "model.pt", "code/inference.py", "tiny.pt"} <= names
+    assert {"model.safetensors", "code/inference.py", "code/tsa_models/tsa.py", "tiny.pt"} <= names
     assert user_step["validation_auc"] == final["validation"]["auc"]
 
 

@@ -70,4 +70,4 @@ def test_one_gpu_job_trains_and_exports(tmp_path: Path, extra: dict[str, str]) -
     proc = run_job(root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 gpu process(es)" in proc.stdout
-    assert (root / "model/model.pt").is_file() and metrics(root)["best_validation_auc"] > 0.5
+    assert (root / "model/code/tsa_models/tsa.py").is_file() and metrics(root)["best_validation_auc"] > 0.5

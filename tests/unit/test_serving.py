@@ -11,7 +11,6 @@ loading and error mapping), and `tsa serve` in process and over real HTTP.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import json
 import signal
@@ -29,24 +28,20 @@ from tests.jobs import (
     QUICK,
     free_port,
     fresh_environment,
+    load_handler,
     make_job,
     predictions,
     run_job,
+    torchserve_post,
     validation_instances,
     wait_until_serving,
 )
+from tests.toolkit_request import TorchServeContext
 
 pytestmark = pytest.mark.slow
 
 JSON, JSONLINES = "application/json", "application/jsonlines"
 NPY, NPZ = "application/x-npy", "application/x-npz"
-
-
-def load_handler(model_dir: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("served_inference", model_dir / "code/inference.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 @pytest.fixture(scope="module", params=["single", "dual"])
@@ -321,34 +316,6 @@ def test_tsa_serve_over_real_http_then_sigterm(served: dict[str, Any]) -> None:
     assert "serving stopped by SIGTERM" in out
 
 
-class TorchServeContext:
-    """The per-request context TorchServe's frontend gives a handler service (TorchServe itself needs Java).
-
-    Only its interface is stood in for: the toolkit's own handler service, transformer, module
-    loading and error mapping all run for real.
-    """
-
-    class RequestProcessor:
-        def __init__(self, headers: dict[str, str]) -> None:
-            self.headers = headers
-
-        def get_request_properties(self) -> dict[str, str]:
-            return self.headers
-
-    def __init__(self, model_dir: str, headers: dict[str, str]) -> None:
-        self.system_properties = {"model_dir": model_dir, "gpu_id": None}
-        self.request_processor = [self.RequestProcessor(headers)]
-        self.model_name = "model"
-        self.status: tuple[int, str] | None = None
-        self.content_type: str | None = None
-
-    def set_response_status(self, code: int, phrase: str) -> None:
-        self.status = (code, phrase)
-
-    def set_response_content_type(self, index: int, value: str) -> None:
-        self.content_type = value
-
-
 @pytest.fixture
 def toolkit_service(served: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
     """The SageMaker PyTorch inference toolkit's handler service over the job's model folder."""
@@ -426,23 +393,6 @@ def torchserve(served: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
         yield port
         code, left = serve_torchserve.stop(server, workdir)
     assert code == 0 and not left, f"exit {code}, still running {left}:\n{log.read_text()[-3000:]}"
-
-
-def torchserve_post(port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str, str]:
-    """(status, content type, body) of one POST /invocations; waits out the 503 of a worker still loading."""
-    import http.client
-    import time
-
-    deadline = time.monotonic() + 60
-    while True:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        connection.request("POST", "/invocations", body=body, headers=headers)
-        response = connection.getresponse()
-        text = response.read().decode("utf-8", "replace")
-        connection.close()
-        if response.status != 503 or time.monotonic() > deadline:
-            return response.status, response.getheader("Content-Type", ""), text
-        time.sleep(0.5)
 
 
 @pytest.mark.parametrize(("content_type", "make"), [

@@ -57,7 +57,7 @@ def job(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, A
     root = folder / "serving_faults_job"
     with (folder / "serving_faults_job.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, another waits for it (pytest-timeout bounds it)
-        if not (root / "model/model.pt").is_file():
+        if not (root / "model/code/inference.py").is_file():
             proc = run_job(make_job(root, QUICK, rows=ROWS_SMALL))
             assert proc.returncode == 0, proc.stderr[-2000:]
     return {"model_dir": root / "model", "instances": validation_instances(root),

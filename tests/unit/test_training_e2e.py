@@ -5,7 +5,6 @@ Run: .venv/bin/pytest tests/unit/test_training_e2e.py   (each job is a real `tsa
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import pickle
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +27,7 @@ from tests.jobs import (
     expected_here,
     free_port,
     fresh_environment,
+    load_handler,
     make_job,
     metrics,
     predictions,
@@ -50,13 +49,6 @@ OUTPUT_FILES = {"predictions_validation.csv", "predictions_calibration.csv", "ro
 
 def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-
-
-def load_handler(model_dir: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("served_inference", model_dir / "code/inference.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def instances(root: Path, rows: list[int]) -> str:

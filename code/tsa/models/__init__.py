@@ -2,14 +2,25 @@
 
 Models know nothing about Lightning, SageMaker or files: `build_model(cfg.model)` in a test
 needs no I/O.
+
+The package needs only torch at run time: its imports of each other are relative and the configs
+are imported for typing only (a config is read by attribute). So the job ships this folder as it
+is with the weights (`model/code/tsa_models/`), and the serving handler builds the model from it
+and `config.json` without the tsa package (docs/serving.md).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from tsa.config import ModelConfig
-from tsa.models.losses import TrainingLoss, select_loss
-from tsa.models.tsa import SingleSequenceTSA
-from tsa.models.tsa_dual import DualSequenceTSA
+from .losses import TrainingLoss, select_loss
+from .tsa import SingleSequenceTSA
+from .tsa_dual import DualSequenceTSA
+
+if TYPE_CHECKING:
+    from tsa.config import ModelConfig
 
 __all__ = ["DualSequenceTSA", "SingleSequenceTSA", "TrainingLoss", "build_model", "select_loss"]
 

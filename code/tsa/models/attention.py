@@ -7,10 +7,7 @@ addition (spec §3.4): after scaling and masking, the logit of query i and key j
 pre-norm layer of the feature attention. Layouts are sequence-first `(S, B, E)` as in legacy.
 
 The op order (dropout calls, tensor layouts) mirrors the legacy code so that a seed gives the
-same dropout masks in training (spec §4.5).
-
-Everything here is TorchScript-compilable (the classifiers are served as `torch.jit.script`
-modules): constant flags are `Final`, so the branch a model was not built for is not compiled.
+same dropout masks in training (spec §4.5). Flags fixed at construction are `Final`.
 """
 
 import warnings
@@ -20,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsa.models.moe import MoE, SecondPolicy
+from .moe import MoE, SecondPolicy
 
 
 def temporal_weights(time: Tensor) -> Tensor:
     """alpha[b, i, j] = exp((t_i - t_j) / 1e6) from `time (S, B, 1)` -> `(B, S, S)`."""
     t = time.permute(1, 0, 2)  # (B, S, 1)
-    # 1e6 s (≈ 11.6 days), hard-coded in legacy; a literal as TorchScript cannot read module-level floats.
+    # 1e6 s (≈ 11.6 days), hard-coded in legacy.
     return torch.exp((t - t.transpose(1, 2)) / 1_000_000.0)
 
 
@@ -145,7 +142,7 @@ def build_feedforward(
 class AttentionLayer(nn.Module):
     """Post-norm layer of the order attention: x = LN1(x + attn(x)); x = LN2(x + FFN(x))."""
 
-    use_time_seq: Final[bool]  # Final: TorchScript compiles only the attention kind this layer has
+    use_time_seq: Final[bool]  # the attention kind this layer has
     fused: Final[bool]
 
     def __init__(

@@ -15,8 +15,7 @@ fixtures build the encoders from the legacy keyword arguments and rely on them),
 config's defaults: the classifiers pass every value explicitly. `fused_attention` (fast mode)
 selects the fused attention kernels and the broadcast numerical lookups.
 
-TorchScript-compilable; flags fixed at construction are `Final`, so the branches (and the
-optional bias parameters) a model was not built with are not compiled.
+Flags fixed at construction are `Final`; the optional bias parameters exist only when built with them.
 """
 
 from typing import Final
@@ -24,9 +23,9 @@ from typing import Final
 import torch
 from torch import Tensor, nn
 
-from tsa.models.attention import AttentionLayer, AttentionLayerPreNorm
-from tsa.models.blocks import FeatureAggregation
-from tsa.models.moe import SecondPolicy
+from .attention import AttentionLayer, AttentionLayerPreNorm
+from .blocks import FeatureAggregation
+from .moe import SecondPolicy
 
 
 def numerical_feature_ids(n_embedding: int, x_num: Tensor, per_position: bool) -> Tensor:
@@ -99,7 +98,6 @@ class OrderAttentionLayer(nn.Module):
         self.feature_aggregation_cat = FeatureAggregation(n_cat_features, floor_aggregation_widths)
         self.feature_aggregation_num = FeatureAggregation(n_num_features, floor_aggregation_widths)
 
-    @torch.jit.export
     def embed_rows(self, x_cat: Tensor, x_num: Tensor) -> Tensor:
         """The front end: each order row's table rows gathered and aggregated, `(B, L, E)` (E = 2d).
 
@@ -145,7 +143,7 @@ class FeatureAttentionLayer(nn.Module):
 
     use_bias: Final[bool]
     fused: Final[bool]
-    use_engineered_bias: Final[bool]  # Final: without that parameter, TorchScript must not compile its use
+    use_engineered_bias: Final[bool]  # the parameter exists only then
 
     def __init__(
         self,

@@ -14,12 +14,14 @@ globally after each call (Q30); it uses a local `no_grad` block, which gives the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsa.config import TrainConfig
+if TYPE_CHECKING:
+    from tsa.config import TrainConfig
 
 FOCAL_ONE_HOT_EPS = 1e-6  # added to every one-hot entry by the legacy focal loss (Q31)
 

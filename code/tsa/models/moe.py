@@ -12,9 +12,8 @@ Differences from legacy (all default off, legacy-exact by default):
 - Q5: the legacy "threshold" policy crashed (missing unsqueeze); here it works.
 - Q6: the balancing loss is computed and discarded, as in the legacy `MoE`.
 
-TorchScript-compilable (the capacity follows the batch at run time, which tracing would freeze).
-The constants (minimum capacity 4, gate epsilon 1e-9) are literals: TorchScript cannot read
-module-level numbers.
+The capacity follows the batch at run time. The constants (minimum capacity 4, gate epsilon 1e-9)
+are literals in the code.
 """
 
 import math
@@ -129,7 +128,7 @@ class Top2Gating(nn.Module):
             + gate_2[..., None, None] * keep_2[..., None, None] * F.one_hot(index_2, k)[..., None]
             * _safe_one_hot(slot_2.long(), capacity)[..., None, :]
         )  # (S, B, K, C)
-        dispatch = combine.to(torch.bool).to(combine)  # not `.bool()`: TorchScript lacks it
+        dispatch = combine.to(torch.bool).to(combine)
         return dispatch, combine, loss
 
     def _second_expert_keep(self, gate_2: Tensor, stage: str) -> Tensor:

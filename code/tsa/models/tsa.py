@@ -12,17 +12,21 @@ Differences from legacy: none by default; `cfg.fix_*` flags switch on the docume
 Quirks kept: the unused top-level `layer_norm` and `dropout` (Q11); `use_mlp` is rejected in
 the config (Q15). Construction order is the legacy global-RNG draw order (spec §4.4).
 
-Served as `torch.jit.script(model)` (eval mode): every module of the forward is scriptable.
+Served as this plain module, built from `config.json` by the handler (package docstring).
 """
 
-from typing import Final
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
 
 import torch
 from torch import Tensor, nn
 
-from tsa.config import ModelConfig
-from tsa.models.encoders import FeatureAttentionLayer, OrderAttentionLayer
-from tsa.models.moe import SecondPolicy
+from .encoders import FeatureAttentionLayer, OrderAttentionLayer
+from .moe import SecondPolicy
+
+if TYPE_CHECKING:
+    from tsa.config import ModelConfig
 
 CLASSIFIER_HIDDEN = 1024  # hard-coded in legacy
 

@@ -23,19 +23,22 @@ route the whole batch (capacity from all rows, second-expert draws of shape (S, 
 row's vector differs from the exact path's whenever some row is dropped. The row rule (zero vector,
 weights not renormalised) is the same; fast-mode training's AUC contract covers the rest.
 
-Scriptable: the ccid sub-batch is chosen at run time, so the model is served as
-`torch.jit.script(model)`, not traced. The gate threshold 0.05 and the Q1 literal 50 are
-literals in the forward: TorchScript cannot read module-level numbers.
+The ccid sub-batch is chosen at run time (so the model could not be traced). The gate threshold
+0.05 and the Q1 literal 50 are literals in the forward.
 """
 
-from typing import Final
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
 
 import torch
 from torch import Tensor, nn
 
-from tsa.config import ModelConfig
-from tsa.models.encoders import OrderAttentionLayer
-from tsa.models.tsa import build_classifier_head, build_feature_attention, build_order_attention
+from .encoders import OrderAttentionLayer
+from .tsa import build_classifier_head, build_feature_attention, build_order_attention
+
+if TYPE_CHECKING:
+    from tsa.config import ModelConfig
 
 GATE_TABLE_DIM = 16
 GATE_EMBED_DIM = 32

@@ -1,10 +1,12 @@
 """SageMaker PyTorch inference handler for a tsa-training model (copied to `model/code/inference.py`).
 
 Needs only torch and numpy, and `rules.py` beside it (copied with it): it runs in the SageMaker
-PyTorch inference container without the tsa package.
+PyTorch inference container without the tsa package, under the image's torch (2.6.0 or newer; the
+versions tested: docs/serving.md).
 
-- `model_fn` loads the TorchScript `model.pt` (on the GPU when there is one), the saved model
-  config and the calibration percentile map.
+- `model_fn` builds the plain model from the model folder: the package `tsa.models` as the job
+  copied it (`code/tsa_models/`), the saved config (`config.json`) and the weights (the state dict
+  `<test_name>.pt`), on the GPU when there is one; and reads the calibration percentile map.
 - `input_fn` reads `application/json` (`{"instances": [{...}, ...]}`), `application/jsonlines`
   (one instance object per line, as batch transform sends), or, compact, `application/x-npz` (one
   array per name with the rows first, `numpy.savez`) and `application/x-npy` (one 2-D array: each
@@ -36,7 +38,10 @@ import importlib.util
 import io
 import json
 import os
+import sys
+import types
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,7 @@ MAX_UNPACKED_BYTES = 512 * 2**20
 NO_INSTANCES = "the request holds no instances: send at least one"
 OUTPUT_TYPES = (JSON, JSONLINES)
 SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
+MODEL_PACKAGE = "tsa_models"  # model/code/tsa_models/: the tsa package's `tsa.models`, copied by the job
 
 try:  # inside the SageMaker inference toolkit: its error type, which it answers with the status
     from sagemaker_inference.errors import GenericInferenceToolkitError as _ErrorBase
@@ -112,11 +118,49 @@ def choose_output(accept: str | None) -> str:
     raise RequestError(406, f"Accept {accept!r}: this endpoint answers {' or '.join(OUTPUT_TYPES)}")
 
 
+def import_model_package(model_dir: str) -> Any:
+    """`<model_dir>/code/tsa_models`, imported from that folder under a module name of its own.
+
+    By path, not from `sys.path`: the handler itself may be loaded by path (tests), and one process
+    may load several model folders, each with its own copy of the code.
+    """
+    folder = os.path.abspath(os.path.join(model_dir, "code", MODEL_PACKAGE))
+    name = f"{MODEL_PACKAGE}_{zlib.crc32(folder.encode()):08x}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        package = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = package  # before it runs: its relative imports find their package there
+        try:
+            spec.loader.exec_module(package)  # type: ignore[union-attr]
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def load_model(model_dir: str, saved: dict[str, Any]) -> torch.nn.Module:
+    """The trained model (CPU, eval) from the folder's model code, its saved config and its weights.
+
+    The weights are the state dict `<test_name>.pt` (`torch.save`, the module's own keys), read with
+    `weights_only=True` (no code runs from the file), not `model.safetensors`: the AWS PyTorch
+    inference images do not install the safetensors package. Fast mode's jobs scored with the fused
+    attention kernels, so the model is built as they trained it.
+    """
+    models = import_model_package(model_dir)
+    model = models.build_model(types.SimpleNamespace(**saved["model"]),
+                               fused_attention=saved["runtime"]["fast_mode"])
+    path = os.path.join(model_dir, f"{saved['runtime']['test_name']}.pt")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def model_fn(model_dir: str) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = torch.jit.load(os.path.join(model_dir, "model.pt"), map_location=device).eval()
     with open(os.path.join(model_dir, "config.json")) as handle:
-        config = json.load(handle)["model"]
+        saved = json.load(handle)
+    model = load_model(model_dir, saved).to(device)
+    config = saved["model"]
     percentiles = []
     path = os.path.join(model_dir, "percentile_score.json")
     if os.path.exists(path):
