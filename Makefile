@@ -9,6 +9,7 @@ VENV_V3 := .venv-v3
 STAMP_V3 := $(VENV_V3)/.installed
 
 .PHONY: install install-v3 run test test-container lint schema clean bench bench-serving bench-data gpu-check gpu-wheels mkl-path bench-runs
+.PHONY: install-deploy-check test-deploy
 
 install: $(STAMP)
 
@@ -34,6 +35,28 @@ run: install
 test: install install-v3
 	$(BIN)/pytest -n 2 --dist loadgroup tests/unit tests/equivalence $(PYTEST_ARGS)
 	$(VENV_V3)/bin/pytest -m "not container" tests/sdk_v3 $(PYTEST_ARGS)
+
+# The deploy check (docs/serving.md): a model this project trains, scored by the SageMaker PyTorch inference
+# toolkit under the torch of the newest AWS PyTorch inference image the SDK resolves (2.6.0, toolkit 2.0.25),
+# in a venv of its own. PyPI's torch wheels are CUDA builds: pip fetches their nvidia-* wheels too (a few GB).
+# Another torch: make test-deploy DEPLOY_TORCH=2.9.1. The versions are pinned, so the machine's cap on torch
+# (a pip constraint file) is not applied here (-c /dev/null).
+DEPLOY_TORCH ?= 2.6.0
+DEPLOY_TOOLKIT := 2.0.25
+DEPLOY_TORCHSERVE := 0.12.0
+VENV_DEPLOY := .venv-deploy-torch$(DEPLOY_TORCH)
+
+install-deploy-check: $(VENV_DEPLOY)/.installed
+
+$(VENV_DEPLOY)/.installed:
+	$(PYTHON) -m venv $(VENV_DEPLOY)
+	$(VENV_DEPLOY)/bin/pip install --quiet -c /dev/null torch==$(DEPLOY_TORCH) numpy "setuptools<81" \
+	  sagemaker-pytorch-inference==$(DEPLOY_TOOLKIT) torchserve==$(DEPLOY_TORCHSERVE) \
+	  torch-model-archiver==$(DEPLOY_TORCHSERVE) pyyaml
+	touch $@
+
+test-deploy: install install-deploy-check
+	TSA_DEPLOY_PYTHON=$(VENV_DEPLOY)/bin/python TSA_DEPLOY_TORCH=$(DEPLOY_TORCH) $(BIN)/pytest tests/deploy -v -s $(PYTEST_ARGS)
 
 # Builds the local image (installing and starting a Docker engine if needed), then runs the image for real.
 test-container: install install-v3
@@ -85,7 +108,7 @@ mkl-path:
 	cc -shared -fPIC -O2 -DMKL_PATH_INTEL=0 -o .build/libmkl_path_generic.so tests/equivalence/mkl_path.c
 
 clean:
-	rm -rf $(VENV) $(VENV_V3) .pytest_cache .ruff_cache .build
+	rm -rf $(VENV) $(VENV_V3) .venv-deploy-torch* .pytest_cache .ruff_cache .build
 
 # Container image (docker/README.md). `image` builds the local CPU test image tsa-training:local offline;
 # docker-up/docker-down start/stop a private Docker engine if the machine has none running.

@@ -82,10 +82,13 @@ def one_per_machine() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def start(model_dir: Path, port: int, workdir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(model_dir: Path, port: int, workdir: Path, env: dict[str, str] | None = None,
+          python: str = sys.executable) -> subprocess.Popen[bytes]:
     """The toolkit's server start in `workdir` (TorchServe's model store and logs go there; the output of
     the toolkit and of TorchServe, which inherits it, to `workdir/server.log`: a pipe nobody reads would
-    fill and stall the server). `env` adds settings, e.g. `isolated_ports()`."""
+    fill and stall the server). `env` adds settings, e.g. `isolated_ports()`. `python`: the interpreter of
+    the environment that serves (its toolkit, TorchServe and torch; its folder leads PATH, so TorchServe's
+    workers run it too), e.g. the deploy check's older torch (tests/deploy)."""
     if shutil.which("java") is None:
         raise RuntimeError("TorchServe's frontend needs a Java runtime (17 or newer) on PATH; none was found")
     running = running_frontends()
@@ -100,9 +103,9 @@ def start(model_dir: Path, port: int, workdir: Path, env: dict[str, str] | None 
     # TMPDIR: TorchServe keeps its PID file (one server per machine) and unpacked models in the temp folder.
     full_env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
                 "TMPDIR": str(scratch),
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+                "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     with open(workdir / "server.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-c", _START, str(workdir / "ts.properties")], cwd=workdir,
+        return subprocess.Popen([python, "-c", _START, str(workdir / "ts.properties")], cwd=workdir,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
 
 
