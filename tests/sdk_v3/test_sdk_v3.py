@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import load_example
+from tests.docs import python_block
 from tests.jobs import QUICK, USER_SCRIPT, dry_run_request, make_job
 from tsa.config import JobConfig
 from tsa.contract import metric_definitions
@@ -52,6 +53,25 @@ def test_v3_spot_sharding_and_checkpoints() -> None:
     distribution = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3DataDistributionType"]
                     for c in request["InputDataConfig"]}
     assert distribution == {"train": "ShardedByS3Key", "validation": "FullyReplicated"}
+
+
+def test_v3_model_builder_block_deploys_the_archive_on_the_pytorch_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/serving.md's v3 block runs (its `build` and `deploy` record their calls): the names exist, the pair
+    resolves to the PyTorch inference image, and that first-party image with no model object passes the archive
+    through as it is (no model server to choose, nothing repacked)."""
+    from sagemaker.serve import ModelBuilder
+    from sagemaker.serve.validations.check_image_uri import is_1p_image_uri
+
+    calls: list[tuple[str, Any, dict[str, Any]]] = []
+    monkeypatch.setattr(ModelBuilder, "build", lambda self, **kwargs: calls.append(("build", self, kwargs)))
+    monkeypatch.setattr(ModelBuilder, "deploy", lambda self, **kwargs: calls.append(("deploy", self, kwargs)))
+    exec(python_block("serving.md", "ModelBuilder("), {})
+    assert [(name, builder) for name, builder, _ in calls] == [("build", calls[0][1]), ("deploy", calls[0][1])]
+    builder = calls[0][1]
+    assert builder.image_uri == "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
+    assert is_1p_image_uri(builder.image_uri) and builder.model is None and builder.inference_spec is None
+    assert builder.s3_model_data_url.endswith("/model.tar.gz")
+    assert builder.env_vars == {"SAGEMAKER_PROGRAM": "inference.py"}
 
 
 def local_trainer(tmp_path: Path, hyperparameters: dict[str, Any], source_code: Any = None) -> Any:
