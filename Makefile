@@ -36,9 +36,10 @@ test: install install-v3
 	$(BIN)/pytest -n 2 --dist loadgroup tests/unit tests/equivalence $(PYTEST_ARGS)
 	$(VENV_V3)/bin/pytest -m "not container" tests/sdk_v3 $(PYTEST_ARGS)
 
-# The deploy check (docs/serving.md): a model this project trains, scored by the SageMaker PyTorch inference
-# toolkit under the torch of the newest AWS PyTorch inference image the SDK resolves (2.6.0, toolkit 2.0.25),
-# in a venv of its own. PyPI's torch wheels are CUDA builds: pip fetches their nvidia-* wheels too (a few GB).
+# The deploy check (docs/serving.md): models this project trains, served by the SageMaker PyTorch inference
+# toolkit and TorchServe under the torch of the newest AWS PyTorch inference image the SDK resolves (2.6.0;
+# toolkit 2.0.25 and TorchServe 0.12.0 as in that image; pyyaml, which TorchServe's workers import), in a venv
+# of its own. PyPI's torch wheels are CUDA builds: pip fetches their nvidia-* wheels too (5-7 GB a venv).
 # Another torch: make test-deploy DEPLOY_TORCH=2.9.1. The versions are pinned, so the machine's cap on torch
 # (a pip constraint file) is not applied here (-c /dev/null).
 DEPLOY_TORCH ?= 2.6.0

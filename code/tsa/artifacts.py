@@ -73,10 +73,9 @@ def write_serving(folder: Path) -> None:
 
     The model code is the package `tsa.models` copied as it is (its `.py` files) into
     `code/tsa_models/`: the handler builds the plain module from it, `config.json` and the state dict
-    `<test_name>.pt`, under the AWS PyTorch inference image's torch (2.6.0 tested) and newer ones
-    (docs/serving.md).
-    No TorchScript `model.pt`: TorchScript is deprecated upstream, a file written by this torch is
-    not known to load in an older one, and nothing here reads it any more.
+    `<test_name>.pt`, under the AWS PyTorch inference image's torch 2.6.0 and newer ones (the versions
+    tested: docs/serving.md). No TorchScript `model.pt`: TorchScript is deprecated upstream, a file
+    written by this torch is not known to load in an older one, and nothing here reads it any more.
     """
     code = folder / "code"
     (code / MODEL_PACKAGE).mkdir(parents=True, exist_ok=True)
