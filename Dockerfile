@@ -51,7 +51,7 @@ RUN python3 -m venv /opt/venv \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml docker/requirements.py /tmp/tsa/
 # torch is named again so that nothing can swap the build installed above; setuptools builds the project.
-RUN python3 /tmp/tsa/requirements.py /tmp/tsa/pyproject.toml >/tmp/tsa/requirements.txt \
+RUN python3 /tmp/tsa/requirements.py /tmp/tsa/pyproject.toml tracking >/tmp/tsa/requirements.txt \
     && pip install "torch==${TORCH_VERSION}" "setuptools>=68" --requirement /tmp/tsa/requirements.txt
 
 # ---- final image: the venv, then the project code in its own small layer (a code change rebuilds only that).

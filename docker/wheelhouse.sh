@@ -18,7 +18,7 @@ STAMP="$WH/.requirements.txt"
   exit 1
 }
 
-reqs="$(printf 'torch==%s\nsetuptools>=68\n%s\n' "$TORCH_VERSION" "$("$PY" docker/requirements.py)")"
+reqs="$(printf 'torch==%s\nsetuptools>=68\n%s\n' "$TORCH_VERSION" "$("$PY" docker/requirements.py pyproject.toml tracking)")"
 if [[ -f "$STAMP" && "$(<"$STAMP")" == "$reqs" ]] && compgen -G "$WH/torch-$TORCH_VERSION*.whl" >/dev/null; then
   echo "wheelhouse: up to date ($(find "$WH" -name '*.whl' | wc -l) wheels)"
   exit 0

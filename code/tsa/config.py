@@ -215,6 +215,14 @@ class RuntimeConfig(_Section):
     )
     test_name: str = Field("order-attention", description="Base name of the legacy-keyed weight file.",
                            pattern=FILE_NAME_PATTERN)
+    mlflow_experiment_name: str = Field(
+        "tsa-training", description="MLflow experiment of the job's run, when MLFLOW_TRACKING_URI is set "
+        "(docs/mlflow.md).", min_length=1, max_length=250,
+    )
+    mlflow_run_name: str | None = Field(
+        None, description="Name of the job's MLflow run; default the training job's name (TRAINING_JOB_NAME), "
+        "else one MLflow makes up.", min_length=1, max_length=250,
+    )
     fast_mode: bool = Field(
         False,
         description="Opt-in speed: fused attention and broadcast table lookups, float32 matmul precision "

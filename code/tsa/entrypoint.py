@@ -62,6 +62,7 @@ from tsa.training.plan import (
 )
 from tsa.training.result import TrainingResult
 from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
+from tsa.training.tracking import TrackingLogger, check_tracking, open_tracking
 from tsa.training.trainer import BEST_WEIGHTS, fit
 
 log = logging.getLogger("tsa")
@@ -188,20 +189,41 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     trace_dir = paths.trace_dir if config.runtime.trace else None
     if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
+    tracker = open_tracking(config.runtime, config.resolved()) if is_global_zero(plan) else None
     with peers_watched(plan.world, checkpoint_dir):
         result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
-                     tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards)
+                     tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards,
+                     tracker=tracker)
     distributed = dist.is_available() and dist.is_initialized()
     final: dict[str, dict[str, float]] = {}
     try:
         if result.is_global_zero:
-            final = export_job_artifacts(paths, config, result, checkpoint_dir)
+            final = export_tracked_artifacts(paths, config, result, checkpoint_dir, tracker)
     finally:
         if distributed:
             # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
             # as one exits, which would cut the export short.
             dist.barrier()
             dist.destroy_process_group()
+    return final
+
+
+def is_global_zero(plan: RunPlan) -> bool:
+    """Before the Trainer exists: whether this process will be global rank 0 (node 0's launching process)."""
+    return plan.world.node_rank == 0 and not is_launched_worker()
+
+
+def export_tracked_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, checkpoint_dir: Path,
+                             tracker: TrackingLogger | None) -> dict[str, dict[str, float]]:
+    """`export_job_artifacts`, then (a tracked job) the final metrics and `metrics.json` to the run, which ends."""
+    try:
+        final = export_job_artifacts(paths, config, result, checkpoint_dir)
+    except BaseException:
+        if tracker is not None:
+            tracker.finalize("failed")
+        raise
+    if tracker is not None:
+        tracker.finish(final, paths.model_dir / "metrics.json")
     return final
 
 
@@ -218,6 +240,7 @@ def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], res
     error: JobError | None = None
     rows: dict[str, int] = {}
     try:
+        check_tracking()
         check_memory(config, plan)
         needed = output_bytes(config)
         for folder, what, key in ((paths.model_dir, "model folder", "model"),

@@ -7,7 +7,8 @@
   system's, the RNG states are this callback's.
 - `MetricLines`: one fixed-format line per epoch and per N steps that SageMaker's metric regexes
   (`hyperparameters/metric_definitions.json`) and a person can read; no carriage returns; the same
-  values as TensorBoard scalars when the job has a TensorBoard folder.
+  values as TensorBoard scalars when the job has a TensorBoard folder (MLflow gets the epochs' records:
+  `tracking.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from tsa.errors import OutputError
 from tsa.training.stop import STOP, StopRequested, StopSignal
@@ -237,5 +239,6 @@ class MetricLines(L.Callback):
     @staticmethod
     def _scalars(trainer: L.Trainer, values: dict[str, float], step: int, suffix: str = "") -> None:
         """The same values to the TensorBoard logger, when there is one (per step, or per epoch)."""
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({f"{key}{suffix}": value for key, value in values.items()}, step=step)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics({f"{key}{suffix}": value for key, value in values.items()}, step=step)

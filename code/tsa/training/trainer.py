@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
 
@@ -34,6 +34,7 @@ from tsa.training.result import TrainingResult
 from tsa.training.stop import StopSignal, check_stop_local, install_stop_handler
 from tsa.training.system import TsaSystem
 from tsa.training.trace import RunTrace
+from tsa.training.tracking import TrackedEpochs, TrackingLogger
 from tsa.weights import load_project_state_dict
 
 log = logging.getLogger("tsa.training")
@@ -87,7 +88,7 @@ def check_resumable(path: Path, config: JobConfig, rows: dict[str, int | list[in
 
 
 def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path,
-                  tensorboard_dir: Path | None = None) -> L.Trainer:
+                  tensorboard_dir: Path | None = None, tracker: TrackingLogger | None = None) -> L.Trainer:
     layout = plan.world
     strategy: Any = "auto"
     if layout.world_size > 1:
@@ -105,8 +106,8 @@ def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback],
         max_epochs=config.train.max_epoch,
         callbacks=callbacks,
         # Lightning's TensorBoard logger (tensorboard, else tensorboardX), global rank 0 only; the
-        # scalars are the METRIC lines' (`MetricLines`).
-        logger=TensorBoardLogger(str(tensorboard_dir), name="", version="") if tensorboard_dir else False,
+        # scalars are the METRIC lines' (`MetricLines`). The MLflow logger: global rank 0 of a tracked job.
+        logger=_loggers(tensorboard_dir, tracker),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -114,6 +115,11 @@ def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback],
         use_distributed_sampler=False,  # the batch streams shard themselves
         default_root_dir=str(root),
     )
+
+
+def _loggers(tensorboard_dir: Path | None, tracker: TrackingLogger | None) -> list[Logger]:
+    loggers: list[Logger] = [TensorBoardLogger(str(tensorboard_dir), name="", version="")] if tensorboard_dir else []
+    return [*loggers, tracker] if tracker is not None else loggers
 
 
 def seed_everything(seed: int) -> None:
@@ -132,7 +138,7 @@ def seed_everything(seed: int) -> None:
 
 def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
         work_dir: Path, trace_dir: Path | None = None, tensorboard_dir: Path | None = None,
-        host_shards: HostShards | None = None) -> TrainingResult:
+        host_shards: HostShards | None = None, tracker: TrackingLogger | None = None) -> TrainingResult:
     """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
 
     The final scoring is the legacy post-training pass: every rank reloads the best weights and
@@ -150,7 +156,9 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory, host_shards=host_shards)
     stop = StopSignal(config.runtime.stop_check_every_n_steps)
     callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
-    trainer = build_trainer(config, plan, callbacks, work_dir, tensorboard_dir)
+    if tracker is not None:
+        callbacks.append(TrackedEpochs(tracker))
+    trainer = build_trainer(config, plan, callbacks, work_dir, tensorboard_dir, tracker)
     last = checkpoint_dir / LAST_CHECKPOINT
     resume = last.is_file() and not config.runtime.ignore_checkpoint
     if resume:
