@@ -129,7 +129,7 @@ class TrackingLogger(MLFlowLogger):
             self._guarded("ending the run", functools.partial(super().finalize, status))
 
     def start(self, params: Mapping[str, Any]) -> None:
-        """Create the run and log `params` (before training: a server that does not answer costs its delay here)."""
+        """Create the run and log `params`: before training, a server that does not answer costs its delay here."""
         started = time.monotonic()
         self.log_hyperparams(dict(params))
         if not self.disabled:
@@ -162,13 +162,18 @@ class TrackedEpochs(L.Callback):
         self.tracker.log_metrics(record, step=epoch)
 
 
+def bound_http_defaults() -> None:
+    """MLflow's HTTP settings (and telemetry) get `MLFLOW_ENV_DEFAULTS` where the job's environment sets none."""
+    for name, value in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def open_tracking(runtime: RuntimeConfig, params: Mapping[str, Any]) -> TrackingLogger | None:
     """On global rank 0 of a job given a tracking URI: the job's run, created, with `params` logged."""
     uri = tracking_uri()
     if uri is None:
         return None
-    for name, value in MLFLOW_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    bound_http_defaults()
     run_name = runtime.mlflow_run_name or os.environ.get(JOB_NAME_ENV) or None
     try:
         tracker = TrackingLogger(uri, runtime.mlflow_experiment_name, run_name)
@@ -176,4 +181,4 @@ def open_tracking(runtime: RuntimeConfig, params: Mapping[str, Any]) -> Tracking
         log.warning("MLflow tracking at %s cannot start (%s): the job goes on without it", uri, _first_line(exc))
         return None
     tracker.start(params)
-    return tracker
+    return None if tracker.disabled else tracker  # Lightning reads `experiment` itself: a logger with no run stays out
