@@ -200,40 +200,36 @@ def test_no_variable_never_imports_mlflow(untracked: tuple[Path, float]) -> None
     assert (root / "model/metrics.json").is_file()
 
 
-@pytest.mark.xdist_group("mlflow-down")
-def test_closed_port_costs_a_bounded_delay_and_changes_nothing(tmp_path: Path, data: Path,
-                                                               untracked: tuple[Path, float]) -> None:
+def assert_untracked_outcome(root: Path, uri: str, what: str, untracked: tuple[Path, float]) -> None:
+    """The job with a tracking server at `uri` that does not answer: exit 0, a bounded delay, the untracked
+    run's metrics."""
     reference, reference_wall = untracked
-    root = make_job(tmp_path / "job", QUICK, data=data)
-    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
     proc = run_tracked(root, uri)
     wall = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     delay = delay_of(proc.stdout, uri)
-    print(f"closed port: tracking gave up after {delay:.1f} s; job {wall:.1f} s, untracked {reference_wall:.1f} s")
+    print(f"{what}: tracking gave up after {delay:.1f} s; job {wall:.1f} s, untracked {reference_wall:.1f} s")
     assert delay < DOWN_BOUND_S
     assert metrics(root) == metrics(reference)
+
+
+@pytest.mark.xdist_group("mlflow-down")
+def test_closed_port_costs_a_bounded_delay_and_changes_nothing(tmp_path: Path, data: Path,
+                                                               untracked: tuple[Path, float]) -> None:
+    root = make_job(tmp_path / "job", QUICK, data=data)
+    assert_untracked_outcome(root, f"http://127.0.0.1:{free_port()}", "closed port", untracked)  # nothing listens
     assert (root / "output/success").is_file()
 
 
 @pytest.mark.xdist_group("mlflow-down")
 def test_server_that_never_answers_costs_a_bounded_delay(tmp_path: Path, data: Path,
                                                          untracked: tuple[Path, float]) -> None:
-    reference, reference_wall = untracked
     root = make_job(tmp_path / "job", QUICK, data=data)
     with socket.socket() as listener:  # accepts connections (the kernel's backlog) and never answers a request
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
-        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        started = time.monotonic()
-        proc = run_tracked(root, uri)
-        wall = time.monotonic() - started
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    delay = delay_of(proc.stdout, uri)
-    print(f"silent server: tracking gave up after {delay:.1f} s; job {wall:.1f} s, untracked {reference_wall:.1f} s")
-    assert delay < DOWN_BOUND_S
-    assert metrics(root) == metrics(reference)
+        assert_untracked_outcome(root, f"http://127.0.0.1:{listener.getsockname()[1]}", "silent server", untracked)
 
 
 def test_environment_defaults_leave_set_values_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,25 +116,8 @@ class SpotCheckpoint(L.Callback):
             stopped.reported = trainer.local_rank == 0
             raise stopped
         self._in_validation = True
-        if trainer.world_size == 1:
-            self.save(trainer)
-        else:
-            self._save_alone(trainer)
+        self.save(trainer, alone=trainer.world_size > 1)
         raise StopRequested.in_validation(self.path, epoch)
-
-    def _save_alone(self, trainer: L.Trainer) -> None:
-        """`save` without its collectives: `Trainer.save_checkpoint` ends with a barrier of every rank.
-        The same two steps it takes before it (Lightning's checkpoint connector has no public form)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            outcome = "the previous checkpoint is kept and the model folder keeps what it held"
-            raise OutputError.writing("the checkpoint", exc, self.path, outcome) from exc
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -161,19 +144,29 @@ class SpotCheckpoint(L.Callback):
             self._mid_epoch = False
             self.save(trainer)
 
-    def save(self, trainer: L.Trainer) -> None:
+    def save(self, trainer: L.Trainer, alone: bool = False) -> None:
+        """`last.ckpt`, the full state (a resume needs it all), replaced atomically.
+
+        `alone` (global rank 0 only): without the collectives, as `Trainer.save_checkpoint` would write it
+        before its closing barrier of every rank (Lightning's checkpoint connector has no public form).
+        """
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             if trainer.is_global_zero:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(tmp, weights_only=False)  # the full state (a resume needs it all)
+            if alone:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
+            else:
+                trainer.save_checkpoint(tmp, weights_only=False)
             if trainer.is_global_zero:
                 os.replace(tmp, self.path)  # a real file, replaced atomically (no symlink)
         except OSError as exc:  # disk full, read-only: the environment's; the previous last.ckpt is kept
             tmp.unlink(missing_ok=True)
             outcome = "the previous checkpoint is kept and the model folder keeps what it held"
             raise OutputError.writing("the checkpoint", exc, self.path, outcome) from exc
-        trainer.strategy.barrier("tsa-checkpoint")
+        if not alone:
+            trainer.strategy.barrier("tsa-checkpoint")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
