@@ -50,8 +50,10 @@ COPY docker/wheelhouse/ /tmp/wheelhouse/
 RUN python3 -m venv /opt/venv \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml docker/requirements.py /tmp/tsa/
+# pyproject.toml's optional-dependency groups to install, space-separated (unquoted below); "" = none.
+ARG TSA_EXTRAS=tracking
 # torch is named again so that nothing can swap the build installed above; setuptools builds the project.
-RUN python3 /tmp/tsa/requirements.py /tmp/tsa/pyproject.toml tracking >/tmp/tsa/requirements.txt \
+RUN python3 /tmp/tsa/requirements.py /tmp/tsa/pyproject.toml ${TSA_EXTRAS} >/tmp/tsa/requirements.txt \
     && pip install "torch==${TORCH_VERSION}" "setuptools>=68" --requirement /tmp/tsa/requirements.txt
 
 # ---- final image: the venv, then the project code in its own small layer (a code change rebuilds only that).

@@ -15,7 +15,8 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     IMAGE serve`: /ping, /invocations equal to the job's predictions, a clean `docker stop`; (k) script
     mode with the `PyTorch` estimator's `distribution={"torch_distributed": ...}`, two instances in local
     mode: torchrun on each, one world of four processes (`cpu_processes=2`) with a gloo all_reduce; and
-    in one container without a network (`docker run --network none`).
+    in one container without a network (`docker run --network none`); (l) the `tracking` extra is in the
+    image at the versions pyproject.toml asks for, and `import tsa.entrypoint` does not import mlflow.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,3 +383,39 @@ def test_k_torch_distributed_in_one_container_without_a_network(tmp_path: Path) 
     assert "torchrun --nnodes 1 --nproc_per_node 2 user_train.py --cpu_processes 2" in proc.stdout
     ranks = probes(job)
     assert sorted(r["RANK"] for r in ranks) == ["0", "1"] and {r["sum"] for r in ranks} == {3.0}
+
+
+TRACKING_PROBE = """
+import importlib.metadata, importlib.util, json, sys
+from packaging.requirements import Requirement
+
+def version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+requirements = [Requirement(r) for r in json.loads(sys.argv[1])]
+found = {m: importlib.util.find_spec(m) is not None for m in ("mlflow", "sagemaker_mlflow")}
+import tsa.entrypoint
+print(json.dumps({"versions": {r.name: version(r.name) for r in requirements},
+                  "satisfied": {r.name: version(r.name) is not None and r.specifier.contains(version(r.name), True)
+                                for r in requirements},
+                  "found": found, "mlflow_imported_by_tsa": "mlflow" in sys.modules}))
+"""
+
+
+def test_l_the_image_has_the_tracking_extra_and_tsa_does_not_import_mlflow() -> None:
+    tracking = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tracking"]
+    pins = [r.split("==", 1)[1].strip() for r in tracking if r.replace(" ", "").startswith("mlflow-skinny==")]
+    assert len(pins) == 1, f"pyproject.toml's tracking extra pins no single mlflow-skinny version: {tracking}"
+    proc = docker("run", "--rm", "--network", "none", "--entrypoint", "python", IMAGE, "-c", TRACKING_PROBE,
+                  json.dumps(tracking), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(probe)
+    assert probe["versions"]["mlflow-skinny"] == pins[0], probe
+    assert probe["versions"]["sagemaker-mlflow"] is not None, probe
+    assert all(probe["satisfied"].values()), probe
+    assert probe["found"] == {"mlflow": True, "sagemaker_mlflow": True}, probe
+    assert not probe["mlflow_imported_by_tsa"], "import tsa.entrypoint imported mlflow: tracking must import it lazily"
