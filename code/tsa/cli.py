@@ -31,6 +31,7 @@ from tsa import config as config_module
 from tsa.contract import JobPaths, load_hyperparameter_file, read_channels, read_json_object
 from tsa.entrypoint import load_job_config, main_train, validate_job_data
 from tsa.errors import STOPPED_EXIT_CODE, JobError
+from tsa.training.tracking import left_work_behind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # The outcome is written: a later SIGTERM must not turn it into a kill while the interpreter shuts down
     # (its finalisation puts the default handler back, and tearing torch down takes a while).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if code == STOPPED_EXIT_CODE:
+    if code == STOPPED_EXIT_CODE or left_work_behind():
         _exit_now(code)
     return code
 

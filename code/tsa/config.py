@@ -228,7 +228,7 @@ class RuntimeConfig(_Section):
         description="Opt-in speed: fused attention and broadcast table lookups, float32 matmul precision "
         "'high' (TF32 on GPU); on GPU also bf16-mixed precision (unless precision is set) and torch.compile "
         "of the forward. Numbers then differ from the exact legacy path (contract: fp32 logits within 1e-5 of "
-        "it; see the README).",
+        "it; docs/fast_mode.md).",
     )
 
 

@@ -187,9 +187,11 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
     configure_environment(plan.world)
     check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
-    if trace_dir is not None and not is_launched_worker() and not (checkpoint_dir / LAST_CHECKPOINT).is_file():
+    resuming = (checkpoint_dir / LAST_CHECKPOINT).is_file()
+    if trace_dir is not None and not is_launched_worker() and not resuming:
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    tracker = open_tracking(config.runtime, config.resolved()) if is_global_zero(plan) else None
+    tracker = (open_tracking(config.runtime, config.resolved(), checkpoint_dir, resuming=resuming)
+               if is_global_zero(plan) else None)
     with peers_watched(plan.world, checkpoint_dir):
         result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
                      tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards,

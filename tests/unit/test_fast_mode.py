@@ -80,7 +80,7 @@ def test_fast_mode_training_reaches_the_exact_validation_auc(tmp_path: Path) -> 
     exact = make_job(tmp_path / "exact", hp, rows=rows)
     fast = make_job(tmp_path / "fast", {**hp, "fast_mode": "true"}, data=exact / "input/data")
     for root in (exact, fast):
-        proc = run_job(root)
+        proc = run_job(root, timeout=600)  # 6 epochs of 4000 rows: minutes on a loaded 2-core machine
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     exact_auc = metrics(exact)["best_validation_auc"]
     fast_auc = metrics(fast)["best_validation_auc"]

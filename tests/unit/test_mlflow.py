@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -104,6 +105,37 @@ def test_file_store_one_run_named_by_the_job_with_config_epochs_and_metrics_json
     root, uri = file_store_job
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     check_run(uri, "tsa-training", root, TINY, JOB_NAME, tmp_path)
+
+
+RESUMED_HP = {**TINY, "batch_size": "32", "max_epoch": "3", "log_every_n_steps": "1", "test_name": "resumed"}  # 10 steps
+
+
+@pytest.mark.xdist_group("mlflow-file")
+def test_a_stopped_job_resumes_its_run(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM in epoch 1, then the rerun from the same checkpoint folder: still one run, KILLED in between, and
+    in the end every epoch exactly once and the finished run's metrics, as an uninterrupted job logs them."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    root = make_job(tmp_path / "job", RESUMED_HP, data=data)
+    uri = (tmp_path / "mlruns").as_uri()
+    env = untracked_environment(MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true", SAGEMAKER_BASE_DIR=str(root),
+                                PYTHONUNBUFFERED="1", TRAINING_JOB_NAME=JOB_NAME)
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("METRIC step=14;"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output[-3000:]
+    stopped = only_run(uri, "tsa-training")
+    assert stopped.info.status == "KILLED"
+    assert (root / "checkpoints/mlflow-run.json").is_file()
+
+    resumed = run_tracked(root, uri, TRAINING_JOB_NAME="another-name", MLFLOW_ALLOW_FILE_STORE="true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and f"{stopped.info.run_id} ({JOB_NAME}) of experiment" in resumed.stdout
+    check_run(uri, "tsa-training", root, RESUMED_HP, JOB_NAME, tmp_path)
 
 
 @pytest.mark.xdist_group("mlflow-file")
@@ -230,6 +262,34 @@ def test_server_that_never_answers_costs_a_bounded_delay(tmp_path: Path, data: P
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         assert_untracked_outcome(root, f"http://127.0.0.1:{listener.getsockname()[1]}", "silent server", untracked)
+
+
+@pytest.mark.xdist_group("mlflow-down")
+def test_an_artifact_store_that_never_answers_costs_the_upload_deadline(tmp_path: Path, data: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's artifacts on S3 (as with a SageMaker MLflow ARN) whose endpoint never answers: boto3's own
+    timeouts are not MLflow's; the upload is given up at its deadline, the run still ends FINISHED with its
+    metrics, and the job exits 0."""
+    from mlflow import MlflowClient
+
+    from tsa.training.tracking import UPLOAD_DEADLINE_S
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    MlflowClient(uri).create_experiment("tsa-s3", artifact_location="s3://tsa-bucket/mlflow")
+    root = make_job(tmp_path / "job", {**QUICK, "mlflow_experiment_name": "tsa-s3"}, data=data)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        proc = run_tracked(root, uri, MLFLOW_ALLOW_FILE_STORE="true", MLFLOW_S3_ENDPOINT_URL=endpoint,
+                           AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert delay_of(proc.stdout, uri) == UPLOAD_DEADLINE_S
+    assert "while uploading metrics.json" in proc.stdout
+    run = only_run(uri, "tsa-s3")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["final/validation/auc"] == metrics(root)["final"]["validation"]["auc"]
 
 
 def test_environment_defaults_leave_set_values_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,14 +27,22 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
                "AWS_EC2_METADATA_DISABLED": "true"}
 
 
+class SilentEndpoint(str):
+    """The endpoint's URL; `connected` is set once a client has connected (its request then waits)."""
+
+    connected: threading.Event
+
+
 @pytest.fixture
-def silent_endpoint() -> Iterator[str]:
+def silent_endpoint() -> Iterator[SilentEndpoint]:
     """An HTTP endpoint on 127.0.0.1 that accepts connections and never answers (a stalled S3)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
     held: list[socket.socket] = []
     stop = threading.Event()
+    endpoint = SilentEndpoint(f"http://127.0.0.1:{server.getsockname()[1]}")
+    endpoint.connected = threading.Event()
 
     def accept() -> None:
         server.settimeout(0.2)
@@ -43,10 +51,11 @@ def silent_endpoint() -> Iterator[str]:
                 held.append(server.accept()[0])
             except OSError:
                 continue
+            endpoint.connected.set()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield endpoint
     stop.set()
     thread.join(5)
     for connection in held:
@@ -100,7 +109,8 @@ def test_an_entry_point_that_is_not_there_is_refused_at_once(tmp_path: Path, cas
     assert "Traceback" not in (root / "output/failure").read_text()
 
 
-def test_a_submit_directory_on_a_silent_s3_fails_within_a_minute(tmp_path: Path, silent_endpoint: str) -> None:
+def test_a_submit_directory_on_a_silent_s3_fails_within_a_minute(tmp_path: Path,
+                                                                 silent_endpoint: SilentEndpoint) -> None:
     root = job(tmp_path, "s3://bucket/code/sourcedir.tar.gz")
     started = time.monotonic()
     proc = start(root, {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": silent_endpoint})
@@ -111,10 +121,12 @@ def test_a_submit_directory_on_a_silent_s3_fails_within_a_minute(tmp_path: Path,
         "hyperparameter 'sagemaker_submit_directory' = 's3://bucket/code/sourcedir.tar.gz' cannot be read")
 
 
-def test_sigterm_while_the_code_is_fetched_ends_the_job_within_5_s(tmp_path: Path, silent_endpoint: str) -> None:
+def test_sigterm_while_the_code_is_fetched_ends_the_job_within_5_s(tmp_path: Path,
+                                                                  silent_endpoint: SilentEndpoint) -> None:
     root = job(tmp_path, "s3://bucket/code/sourcedir.tar.gz")
     proc = start(root, {**CREDENTIALS, "AWS_ENDPOINT_URL_S3": silent_endpoint})
-    time.sleep(6)  # start-up, then the HEAD request waits on the silent endpoint
+    assert silent_endpoint.connected.wait(60), "the job never asked the endpoint for the code"
+    time.sleep(0.5)  # the request is on its way: the job now waits for the answer
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=60)[0]

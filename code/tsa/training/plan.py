@@ -188,11 +188,11 @@ OUTPUT_MARGIN = 16 * 2**20  # plots, score files, metrics
 def output_bytes(config: JobConfig) -> dict[str, int]:
     """Disk space each output folder needs at most, from the float32 parameter count.
 
-    model: the weights three times (safetensors, the legacy `.pt`, TorchScript); checkpoints:
+    model: the weights twice (safetensors, and the legacy `.pt` state dict the inference handler loads); checkpoints:
     `last.ckpt` (weights and Adam's two moments) twice while it is replaced, plus the best weights.
     """
     weights = 4 * parameter_count(config)
-    return {"model": 3 * weights + OUTPUT_MARGIN, "checkpoints": 7 * weights + OUTPUT_MARGIN,
+    return {"model": 2 * weights + OUTPUT_MARGIN, "checkpoints": 7 * weights + OUTPUT_MARGIN,
             "output": OUTPUT_MARGIN}
 
 
