@@ -24,7 +24,7 @@ import logging
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,13 +69,29 @@ FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 FILE_NAME_WORDS = "a file name: letters, digits, '.', '_', '-', starting with a letter or digit, at most 128"
 
 
+# A fact about a field: a resumed job must share its value with the checkpoint it resumes from, because it
+# changes the numbers (every field of a section whose `every_field_must_match_on_resume` is set, and the
+# fields marked with this). Others, such as `test_name`, which only names files, may change. The schema
+# shows it as "x-resume".
+RESUME_MUST_MATCH = {"x-resume": "must match the checkpoint the job resumes from"}
+
+
 class _Section(BaseModel):
     # Every float must be finite: inf and nan parse as floats but train a NaN model.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    every_field_must_match_on_resume: ClassVar[bool] = False
+
+    @classmethod
+    def resume_invariant(cls) -> tuple[str, ...]:
+        """The fields a resumed job must share with its checkpoint (`RESUME_MUST_MATCH`)."""
+        return tuple(name for name, field in cls.model_fields.items()
+                     if cls.every_field_must_match_on_resume or field.json_schema_extra == RESUME_MUST_MATCH)
 
 
 class ModelConfig(_Section):
     """Architecture of the TSA classifier (legacy names; spec §4)."""
+
+    every_field_must_match_on_resume: ClassVar[bool] = True
 
     model_type: Literal["single", "dual"] = Field(
         "single",
@@ -119,16 +135,20 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where and how the channel data is read (legacy layout: contracts §3)."""
 
-    data_version: str = Field("v0", description="Suffix of the legacy .npy file names.", pattern=FILE_NAME_PATTERN)
+    data_version: str = Field("v0", description="Suffix of the legacy .npy file names.", pattern=FILE_NAME_PATTERN,
+                              json_schema_extra=RESUME_MUST_MATCH)
     data_format: Literal["auto", "npy", "parquet"] = Field(
-        "auto", description="Channel file format; auto picks by the files present."
+        "auto", description="Channel file format; auto picks by the files present.", json_schema_extra=RESUME_MUST_MATCH
     )
-    use_small_batch: bool = Field(False, description="Use only the first 40,000 rows of every split (legacy debug).")
+    use_small_batch: bool = Field(False, description="Use only the first 40,000 rows of every split (legacy debug).",
+                                  json_schema_extra=RESUME_MUST_MATCH)
     num_workers: int = Field(0, description="DataLoader worker processes per rank.", ge=0)
 
 
 class TrainConfig(_Section):
     """Optimisation, loss and stopping, as the legacy loop did them (spec §5, §6)."""
+
+    every_field_must_match_on_resume: ClassVar[bool] = True
 
     batch_size: int = Field(1024, description="Per-process batch size.", ge=1)
     max_epoch: int = Field(70, description="Epochs; also OneCycleLR total_steps.", ge=1)
@@ -173,13 +193,16 @@ class TrainConfig(_Section):
 class RuntimeConfig(_Section):
     """Precision, processes, checkpoints and naming: how the job runs, not what it computes."""
 
-    use_amp: bool = Field(False, description="Legacy AMP switch: true means precision 16-mixed.")
+    use_amp: bool = Field(False, description="Legacy AMP switch: true means precision 16-mixed.",
+                          json_schema_extra=RESUME_MUST_MATCH)
     precision: Precision | None = Field(
-        None, description="32, 16-mixed or bf16-mixed; default follows use_amp (16-mixed if set, else 32)."
+        None, description="32, 16-mixed or bf16-mixed; default follows use_amp (16-mixed if set, else 32).",
+        json_schema_extra=RESUME_MUST_MATCH,
     )
-    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="gpu if available under auto.")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="gpu if available under auto.",
+                                                       json_schema_extra=RESUME_MUST_MATCH)
     cpu_processes: int = Field(1, description="Processes per host when training on CPU (each a full copy of the "
-                               "model and its batches).", ge=1, le=256)
+                               "model and its batches).", ge=1, le=256, json_schema_extra=RESUME_MUST_MATCH)
     checkpoint_dir: str | None = Field(
         None, description="Spot/stop checkpoint folder; default <job root>/checkpoints, i.e. /opt/ml/checkpoints."
     )
@@ -229,6 +252,7 @@ class RuntimeConfig(_Section):
         "'high' (TF32 on GPU); on GPU also bf16-mixed precision (unless precision is set) and torch.compile "
         "of the forward. Numbers then differ from the exact legacy path (contract: fp32 logits within 1e-5 of "
         "it; docs/fast_mode.md).",
+        json_schema_extra=RESUME_MUST_MATCH,
     )
 
 
@@ -266,6 +290,11 @@ class JobConfig(BaseModel):
         """The resolved configuration as JSON-ready sections (what the machine makes of it: the run plan)."""
         return self.model_dump(mode="json")
 
+    @staticmethod
+    def resume_invariant() -> dict[str, tuple[str, ...]]:
+        """Section -> the fields a resumed job must share with its checkpoint (`RESUME_MUST_MATCH`)."""
+        return {name: section.resume_invariant() for name, section in SECTIONS.items()}
+
 
 def typed_hyperparameters(raw: Mapping[str, Any], config: JobConfig | None = None) -> dict[str, Any]:
     """The typed values behind a hyperparameter map (any encoding), for the keys it sets.
@@ -296,6 +325,8 @@ def json_schema() -> dict[str, Any]:
     for model in SECTIONS.values():
         schema = model.model_json_schema()
         properties.update(schema["properties"])
+        for name in model.resume_invariant():
+            properties[name].update(RESUME_MUST_MATCH)
         required.extend(schema.get("required", []))
     properties["modelname"] = {
         "enum": list(LEGACY_MODELNAMES),

@@ -43,10 +43,6 @@ PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
 BEST_WEIGHTS = "best-model.safetensors"
-# Settings a resumed run must share with the run that wrote the checkpoint: those that change the numbers
-# (the rest, e.g. `test_name`, which only names output files, may change).
-RESUME_INVARIANT = {"model": None, "train": None, "data": ("data_version", "data_format", "use_small_batch"),
-                    "runtime": ("use_amp", "precision", "fast_mode", "accelerator", "cpu_processes")}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -55,11 +51,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def differing_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`section.key` of every resume-invariant setting whose value differs."""
+    """`section.key` of every setting a resume must match (`JobConfig.resume_invariant`) whose value differs."""
     keys = []
-    for section, names in RESUME_INVARIANT.items():
+    for section, names in JobConfig.resume_invariant().items():
         ours, theirs = current.get(section, {}), saved.get(section, {})
-        for name in names or sorted(set(ours) | set(theirs)):
+        for name in names:
             if ours.get(name) != theirs.get(name):
                 keys.append(f"{section}.{name} ({theirs.get(name)!r} in the checkpoint, {ours.get(name)!r} now)")
     return keys
