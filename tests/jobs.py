@@ -119,7 +119,7 @@ def artifact_names(test_name: str) -> set[str]:
 
     model_code = {f"code/tsa_models/{path.name}" for path in Path(tsa.models.__file__).parent.glob("*.py")}
     return {"model.safetensors", "config.json", f"{test_name}.pt", f"{test_name}.pt.png", "code/inference.py",
-            "code/rules.py", "metrics.json", "score_file.csv", "tag_file.csv", "cali_score_file.csv",
+            "code/inputs.py", "metrics.json", "score_file.csv", "tag_file.csv", "cali_score_file.csv",
             "cali_tag_file.csv", "percentile_score.pkl", "percentile_score.json", *model_code}
 
 

@@ -11,7 +11,7 @@ So the model folder holds the previous complete set or the new one.
 - `model.safetensors` (project keys) and `config.json` (resolved config + versions);
 - `<test_name>.pt`: the legacy-keyed state dict the legacy packaging and handler load, and the
   weights `code/inference.py` loads;
-- `code/inference.py`, `code/rules.py` and `code/tsa_models/` (the model code) for the SageMaker PyTorch
+- `code/inference.py`, `code/inputs.py` and `code/tsa_models/` (the model code) for the SageMaker PyTorch
   inference toolkit (`write_serving`);
 - `metrics.json`: every epoch, the best epoch, final metrics per split;
 - legacy downstream files, always (not only on early stop, Q22): `score_file.csv` /
@@ -65,7 +65,8 @@ def percentile_map(scores: np.ndarray) -> list[list[float]]:
             for k in range(PERCENTILE_STEPS)]
 
 
-SERVING_FILES = ("inference.py", "rules.py")
+# (package, file) copied into `code/`: the handler and the model-input contract it shares with training.
+SERVING_FILES = (("tsa.serving", "inference.py"), ("tsa", "inputs.py"))
 
 
 def write_serving(folder: Path) -> None:
@@ -79,8 +80,8 @@ def write_serving(folder: Path) -> None:
     """
     code = folder / "code"
     (code / MODEL_PACKAGE).mkdir(parents=True, exist_ok=True)
-    for name in SERVING_FILES:
-        (code / name).write_text(resources.files("tsa.serving").joinpath(name).read_text())
+    for package, name in SERVING_FILES:
+        (code / name).write_text(resources.files(package).joinpath(name).read_text())
     for source in sorted(resources.files("tsa.models").iterdir(), key=lambda item: item.name):
         if source.name.endswith(".py"):
             (code / MODEL_PACKAGE / source.name).write_text(source.read_text())

@@ -24,7 +24,7 @@ from tsa.config import ModelConfig
 from tsa.data.channels import EVALUATION_CHANNELS, ChannelSource
 from tsa.data.schema import array_specs, max_category_id
 from tsa.errors import DataError
-from tsa.serving.rules import first_violation
+from tsa.inputs import first_violation
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """SageMaker PyTorch inference handler for a tsa-training model (copied to `model/code/inference.py`).
 
-Needs only torch and numpy, and `rules.py` beside it (copied with it): it runs in the SageMaker
+Needs only torch and numpy, and `inputs.py` beside it (copied with it): it runs in the SageMaker
 PyTorch inference container without the tsa package, under the image's torch (2.6.0 or newer; the
 versions tested: docs/serving.md).
 
@@ -18,7 +18,7 @@ versions tested: docs/serving.md).
   a nesting too deep for the parser are 400s, never a 500.
 - `predict_fn` checks every instance as training checks a channel (the arrays the model reads,
   nothing else; per-instance shapes of the saved config, `seq_len` included; integral ids in range;
-  finite values; the `not_padded` and `time_to_last` rules of `rules.py`), builds the forward
+  finite values; the `not_padded` and `time_to_last` rules of `inputs.py`), builds the forward
   arguments exactly as training did, and returns P(fraud) = softmax(scores)[:, -1] and its
   calibration percentile.
 - `output_fn` answers `application/json` (`{"predictions": [{"score": p, "score_percentile": q}]}`)
@@ -78,8 +78,10 @@ class RequestError(_ErrorBase):  # type: ignore[misc, valid-type]
 
 
 def _load_rules() -> Any:
-    """`rules.py` from this file's folder (model/code/ or the tsa package), loaded by path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules.py")
+    """`inputs.py` beside this file (model/code/), loaded by path; in the source tree the package's `tsa.inputs`."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inputs.py")
+    if not os.path.isfile(path):
+        return importlib.import_module("tsa.inputs")
     spec = importlib.util.spec_from_file_location("tsa_serving_rules", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]

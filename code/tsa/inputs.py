@@ -2,7 +2,7 @@
 
 Training's data validation (`tsa.data.validate`) runs them over every chunk of a channel; the
 inference handler runs them over every request. The artifacts copy this file beside the handler
-into `model/code/`, where it runs without the tsa package (the SageMaker PyTorch inference image).
+into `model/code/inputs.py`, where it runs without the tsa package (the SageMaker PyTorch inference image).
 Each rule answers with the first offending example, the column it concerns and a text that says
 what is wrong and what is allowed.
 """
