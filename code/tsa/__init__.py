@@ -3,7 +3,8 @@
 Data flow, one module per step: `contract` (the /opt/ml job) -> `config` (validated
 hyperparameters) -> `data` (channels to batches) -> `models` (+ losses) -> `training`
 (Lightning) -> `artifacts` (/opt/ml/model), joined by `entrypoint`; `legacy` holds the
-legacy-weight interop.
+legacy-weight interop. `inputs` is the model-input contract (array names, padding mask, forward
+arguments, value rules) that data validation, batch building and the inference handler share.
 """
 
 from tsa.config import DataConfig, JobConfig, ModelConfig, RuntimeConfig, TrainConfig

@@ -70,7 +70,7 @@ SERVING_FILES = (("tsa.serving", "inference.py"), ("tsa", "inputs.py"))
 
 
 def write_serving(folder: Path) -> None:
-    """`code/`: the handler, the input rules it shares with training, and the model code.
+    """`code/`: the handler, the model-input contract it shares with training, and the model code.
 
     The model code is the package `tsa.models` copied as it is (its `.py` files) into
     `code/tsa_models/`: the handler builds the plain module from it, `config.json` and the state dict

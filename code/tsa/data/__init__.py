@@ -1,9 +1,9 @@
 """Data: channels (legacy `.npy` or Parquet) -> validated, sharded, whole-batch streams.
 
-Modules in data-flow order: `schema` (the arrays), `npy` / `parquet` (the two formats),
-`channels` (open a channel), `validate` (rules, streamed), `sharding` (who reads which rows),
-`batches` (rows -> legacy batch -> model inputs), `loader` (the batch stream), `module` (the
-Lightning DataModule); `synth` and `convert` write data.
+Modules in data-flow order: `schema` (a config's arrays, from the contract `tsa.inputs`), `npy` /
+`parquet` (the two formats), `channels` (open a channel), `validate` (rules, streamed), `sharding`
+(who reads which rows), `batches` (rows -> legacy batch -> model inputs), `loader` (the batch
+stream), `module` (the Lightning DataModule); `synth` and `convert` write data.
 """
 
 from tsa.data.batches import model_inputs, to_batch

@@ -18,11 +18,10 @@ import numpy as np
 from tsa.data.batches import Batch, gather_batch, native_byte_order
 from tsa.data.schema import ArraySpec
 from tsa.errors import DataError
+from tsa.inputs import ARRAY_NAMES
 
 LEGACY_SPLIT = {"train": "train", "validation": "vali", "calibration": "cali", "test": "test"}
-FILE_PATTERN = re.compile(
-    r"^(?P<split>.+?)_(?P<name>(?:cid_|ccid_)?X_seq_(?:cat|num)|X_num|Y)_(?P<version>.+)\.npy$"
-)
+FILE_PATTERN = re.compile(rf"^(?P<split>.+?)_(?P<name>{'|'.join(ARRAY_NAMES)})_(?P<version>.+)\.npy$")
 
 
 def legacy_file_name(split: str, name: str, version: str) -> str:

@@ -1,21 +1,19 @@
 """The arrays a TSA job reads, with their expected shapes and kinds (contracts §3, spec §2.1).
 
-One example per row. Single sequence: `X_seq_cat (N, L, nc)` integer ids, `X_seq_num (N, L,
-nn+2)` floats whose last two columns are `time_to_last` (seconds) and `not_padded` (0/1),
-`X_num (N, ne)` floats, `Y (N,)` or `(N, 1)` integer labels. Dual sequence: the two sequence
-arrays twice, prefixed `cid_` and `ccid_`, plus the same `X_num` and `Y`. Both file formats
-(legacy `.npy`, Parquet) hold exactly these arrays under these names.
+One example per row: the model's arrays (names and per-example shapes from `tsa.inputs`, the
+model-input contract) plus the label `Y (N,)` or `(N, 1)`, read from a `ModelConfig`. Single
+sequence: `X_seq_cat`, `X_seq_num`, `X_num`, `Y`; dual sequence: the two sequence arrays twice,
+prefixed `cid_` and `ccid_`, plus the same `X_num` and `Y`. Both file formats (legacy `.npy`,
+Parquet) hold exactly these arrays under these names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from tsa.config import ModelConfig
+from tsa.inputs import ENGINEERED, LABEL, SEQUENCE_PREFIXES, ArrayKind, largest_category_id, model_arrays
 
-ArrayKind = Literal["ids", "float", "label"]
-SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
 ID_COLUMN = "id"  # optional example id (Parquet only), carried into prediction files
 
 
@@ -36,15 +34,12 @@ class ArraySpec:
 
 def array_specs(cfg: ModelConfig) -> list[ArraySpec]:
     """Every array the model of `cfg` reads, in file-name order."""
-    seq_len, nc, nn = cfg.seq_len, cfg.n_cat_features, cfg.n_num_features
-    specs: list[ArraySpec] = []
-    for prefix in SEQUENCE_PREFIXES[cfg.model_type]:
-        specs.append(ArraySpec(f"{prefix}X_seq_cat", "ids", (seq_len, nc)))
-        specs.append(ArraySpec(f"{prefix}X_seq_num", "float", (seq_len, nn + 2)))
-    # Without engineered features the legacy X_num file may still exist; it is carried, never used.
-    engineered = cfg.n_engineered_num_features
-    specs.append(ArraySpec("X_num", "float", (engineered,) if engineered else None, required=engineered > 0))
-    specs.append(ArraySpec("Y", "label", ()))
+    arrays = model_arrays(cfg.model_type, cfg.seq_len, cfg.n_cat_features, cfg.n_num_features,
+                          cfg.n_engineered_num_features)
+    specs = [ArraySpec(name, kind, shape) for name, (shape, kind) in arrays.items()]
+    if ENGINEERED not in arrays:  # no engineered features: the legacy X_num file may still exist, carried, never used
+        specs.append(ArraySpec(ENGINEERED, "float", None, required=False))
+    specs.append(ArraySpec(LABEL, "label", ()))
     return specs
 
 
@@ -54,4 +49,4 @@ def sequence_prefixes(cfg: ModelConfig) -> tuple[str, ...]:
 
 def max_category_id(cfg: ModelConfig) -> int:
     """Largest valid categorical id: rows 1..n_embedding-nn of the table (0 = padding/unknown)."""
-    return cfg.n_embedding - cfg.n_num_features
+    return largest_category_id(cfg.n_embedding, cfg.n_num_features)

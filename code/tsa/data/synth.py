@@ -17,6 +17,7 @@ import numpy as np
 
 from tsa.config import ModelConfig
 from tsa.data.schema import max_category_id, sequence_prefixes
+from tsa.inputs import ENGINEERED, LABEL, sequence_names
 
 FRAUD_RATE = 0.2
 LABEL_NOISE = 0.05
@@ -71,11 +72,12 @@ def generate(cfg: ModelConfig, rows: int, seed: int) -> dict[str, np.ndarray]:
             only_current = rng.random(rows) < 0.3  # many cards have no history besides this order
             cat[only_current, :-1] = 0
             num[only_current, :-1] = 0.0
-        arrays[f"{prefix}X_seq_cat"], arrays[f"{prefix}X_seq_num"] = cat, num
+        cat_name, num_name = sequence_names(prefix)
+        arrays[cat_name], arrays[num_name] = cat, num
     engineered = rng.random((rows, cfg.n_engineered_num_features))
     if cfg.n_engineered_num_features:
         engineered[:, 0] = np.clip(engineered[:, 0] * 0.8 + 0.2 * labels, 0.0, 1.0)
-    arrays["X_num"] = engineered.astype(np.float32)
+    arrays[ENGINEERED] = engineered.astype(np.float32)
     flip = rng.random(rows) < LABEL_NOISE
-    arrays["Y"] = np.where(flip, 1 - labels, labels)
+    arrays[LABEL] = np.where(flip, 1 - labels, labels)
     return arrays

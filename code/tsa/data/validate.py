@@ -10,7 +10,9 @@ the same N; integer ids and labels, float features; no NaN/Inf; categorical ids 
 0..n_embedding-n_num_features; `not_padded` in {0, 1} with the last (current) row real;
 `time_to_last` >= 0; labels in [0, n_classes); no empty channel; every label present in a
 scored channel (validation, calibration, test: its AUC is undefined with one class), unless the
-channel is this host's shard of a `ShardedByS3Key` channel (one shard may lack a label).
+channel is this host's shard of a `ShardedByS3Key` channel (one shard may lack a label). The
+shapes and value rules are those of `tsa.inputs`, the model-input contract the inference handler
+checks every request with.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """SageMaker PyTorch inference handler for a tsa-training model (copied to `model/code/inference.py`).
 
-Needs only torch and numpy, and `inputs.py` beside it (copied with it): it runs in the SageMaker
-PyTorch inference container without the tsa package, under the image's torch (2.6.0 or newer; the
-versions tested: docs/serving.md).
+Needs only torch and numpy, and `inputs.py` beside it (copied with it: the model-input contract
+training uses, `tsa/inputs.py`): it runs in the SageMaker PyTorch inference container without the
+tsa package, under the image's torch (2.6.0 or newer; the versions tested: docs/serving.md).
 
 - `model_fn` builds the plain model from the model folder: the package `tsa.models` as the job
   copied it (`code/tsa_models/`), the saved config (`config.json`) and the weights (the state dict
@@ -19,8 +19,8 @@ versions tested: docs/serving.md).
 - `predict_fn` checks every instance as training checks a channel (the arrays the model reads,
   nothing else; per-instance shapes of the saved config, `seq_len` included; integral ids in range;
   finite values; the `not_padded` and `time_to_last` rules of `inputs.py`), builds the forward
-  arguments exactly as training did, and returns P(fraud) = softmax(scores)[:, -1] and its
-  calibration percentile.
+  arguments with training's own function (`inputs.forward_arguments`), and returns P(fraud) =
+  softmax(scores)[:, -1] and its calibration percentile.
 - `output_fn` answers `application/json` (`{"predictions": [{"score": p, "score_percentile": q}]}`)
   or `application/jsonlines`, chosen from the Accept header (lists, q-values, `*/*`); always
   finite JSON.
@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -56,7 +55,6 @@ INPUT_TYPES = (JSON, JSONLINES, NPY, NPZ)
 MAX_UNPACKED_BYTES = 512 * 2**20
 NO_INSTANCES = "the request holds no instances: send at least one"
 OUTPUT_TYPES = (JSON, JSONLINES)
-SEQUENCE_PREFIXES = {"single": ("",), "dual": ("cid_", "ccid_")}
 MODEL_PACKAGE = "tsa_models"  # model/code/tsa_models/: the tsa package's `tsa.models`, copied by the job
 
 try:  # inside the SageMaker inference toolkit: its error type, which it answers with the status
@@ -77,18 +75,19 @@ class RequestError(_ErrorBase):  # type: ignore[misc, valid-type]
         self.message = message
 
 
-def _load_rules() -> Any:
-    """`inputs.py` beside this file (model/code/), loaded by path; in the source tree the package's `tsa.inputs`."""
+def _load_inputs() -> Any:
+    """The model-input contract: `inputs.py` beside this file (model/code/), loaded by path; in the
+    source tree (`tsa/serving/inference.py`, none beside it) the package's own `tsa.inputs`."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "inputs.py")
     if not os.path.isfile(path):
         return importlib.import_module("tsa.inputs")
-    spec = importlib.util.spec_from_file_location("tsa_serving_rules", path)
+    spec = importlib.util.spec_from_file_location("tsa_served_inputs", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
 
-RULES = _load_rules()
+INPUTS = _load_inputs()
 
 
 def media_type(header: str | None, default: str = JSON) -> str:
@@ -242,15 +241,10 @@ def input_fn(body: bytes | str, content_type: str = JSON) -> Batch:
 
 
 def expected_arrays(config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Array name -> (per-instance shape, holds ids) of the model's inputs."""
-    length, nc, nn = config["seq_len"], config["n_cat_features"], config["n_num_features"]
-    arrays = {}
-    for prefix in SEQUENCE_PREFIXES[config["model_type"]]:
-        arrays[f"{prefix}X_seq_cat"] = ((length, nc), True)
-        arrays[f"{prefix}X_seq_num"] = ((length, nn + 2), False)
-    if config["n_engineered_num_features"] > 0:
-        arrays["X_num"] = ((config["n_engineered_num_features"],), False)
-    return arrays
+    """Array name -> (per-instance shape, holds ids) of the model's inputs (`inputs.model_arrays`)."""
+    arrays = INPUTS.model_arrays(config["model_type"], config["seq_len"], config["n_cat_features"],
+                                 config["n_num_features"], config["n_engineered_num_features"])
+    return {name: (shape, kind == "ids") for name, (shape, kind) in arrays.items()}
 
 
 def _array(instance: dict[str, Any], index: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -325,16 +319,15 @@ def validate_instances(batch: Batch, config: dict[str, Any]) -> dict[str, np.nda
         data = _flat(batch, expected)
     if len(next(iter(data.values()))) == 0:
         raise RequestError(400, NO_INSTANCES)
-    largest_id = config["n_embedding"] - config["n_num_features"]
+    largest_id = INPUTS.largest_category_id(config["n_embedding"], config["n_num_features"])
     for name, (_, ids) in expected.items():
         values = data[name]
         if ids:
-            finite = np.isfinite(values)
-            bad = RULES.first_bad(~finite | (np.where(finite, values, 0) != np.round(np.where(finite, values, 0))))
+            bad = INPUTS.first_non_integral(values)
             if bad is not None:
                 raise RequestError(400, f"instance {bad} array '{name}': categorical ids must be integers")
             values = values.astype(np.int64)
-        violation = RULES.first_violation(name, values, largest_id, config.get("n_classes", 2))
+        violation = INPUTS.first_violation(name, values, largest_id, config.get("n_classes", 2))
         if violation is not None:
             bad, column, text = violation
             where = f"array '{name}'" + (f" column {column}" if column else "")
@@ -343,32 +336,24 @@ def validate_instances(batch: Batch, config: dict[str, Any]) -> dict[str, np.nda
     return data
 
 
-def _sequence(cat: np.ndarray, num: np.ndarray, use_time: bool, device: torch.device) -> tuple[Any, ...]:
-    seq_num = torch.as_tensor(num, dtype=torch.float64)
-    not_padded = seq_num[..., -1].float()
-    key_padding_mask = torch.logical_not(F.pad(not_padded, (0, 1), value=True)).to(device)
-    time = seq_num[..., -2:-1].float().to(device) if use_time else None
-    return torch.as_tensor(cat).float().to(device), seq_num[..., :-2].float().to(device), time, key_padding_mask
-
-
-def _forward_arguments(data: dict[str, np.ndarray], config: dict[str, Any], device: torch.device) -> list[Any]:
-    use_time = bool(config["use_time_seq"])
+def _forward_arguments(data: dict[str, np.ndarray], config: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The forward keyword arguments of checked instances, built by training's `inputs.forward_arguments`."""
+    sequences = []
+    for prefix in INPUTS.SEQUENCE_PREFIXES[config["model_type"]]:
+        cat, num = INPUTS.sequence_names(prefix)
+        parts = INPUTS.split_sequence(torch.as_tensor(data[cat]), torch.as_tensor(data[num], dtype=torch.float64))
+        sequences.append(tuple(part.to(device) for part in parts))
     engineered = None
     if config["n_engineered_num_features"] > 0:
-        engineered = torch.as_tensor(data["X_num"], dtype=torch.float64).to(device)
-    if config["model_type"] == "single":
-        cat, num, time, kpm = _sequence(data["X_seq_cat"], data["X_seq_num"], use_time, device)
-        return [cat, num, engineered, time, None, kpm]
-    cid = _sequence(data["cid_X_seq_cat"], data["cid_X_seq_num"], use_time, device)
-    ccid = _sequence(data["ccid_X_seq_cat"], data["ccid_X_seq_num"], use_time, device)
-    return [cid[0], cid[1], cid[2], ccid[0], ccid[1], ccid[2], engineered, None, cid[3], ccid[3]]
+        engineered = torch.as_tensor(data[INPUTS.ENGINEERED], dtype=torch.float64).to(device)
+    return INPUTS.forward_arguments(config["model_type"], sequences, engineered, bool(config["use_time_seq"]))
 
 
 def predict_fn(batch: Batch, model: dict[str, Any]) -> list[dict[str, float]]:
     data = validate_instances(batch, model["config"])
     device = model.get("device", torch.device("cpu"))
     with torch.no_grad():
-        scores, _ = model["model"](*_forward_arguments(data, model["config"], device))
+        scores, _ = model["model"](**_forward_arguments(data, model["config"], device))
     probabilities = torch.softmax(scores.double(), dim=-1)[:, -1].cpu().tolist()
     thresholds = [entry[0] for entry in model["percentiles"]]
     results = []
