@@ -201,7 +201,7 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tsa.entrypoint import configure_logging
+    from tsa.logs import configure_logging
     from tsa.serving.server import serve
 
     configure_logging()

@@ -43,6 +43,7 @@ from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.data.sharding import HostShards
 from tsa.errors import INTERNAL_ERROR_EXIT_CODE, STOPPED_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
+from tsa.logs import configure_logging
 from tsa.toolkit import (
     check_built_in_distribution,
     check_script_mode_contract,
@@ -79,17 +80,6 @@ def clear_previous_outcome(paths: JobPaths) -> None:
                 status.unlink()
             except OSError as exc:  # an unwritable output folder is reported by the job's own checks
                 log.warning("cannot remove %s (%s)", status, exc.strerror or exc)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """One plain line per record (CloudWatch-friendly), rank-tagged under DDP."""
-    rank = os.environ.get("RANK") or os.environ.get("LOCAL_RANK") or "0"
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-        stream=sys.stdout,
-        force=True,
-    )
 
 
 def failure_text(exc: BaseException) -> str:

@@ -43,6 +43,8 @@ from tsa.weights import load_weights
 pytestmark = pytest.mark.slow
 
 MODEL_FILES = artifact_names("tiny")
+# A line of the job's own: a log record in its format (`tsa.logs`) or a METRIC line.
+JOB_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \[rank \d+\] [\w.-]+: |METRIC ")
 OUTPUT_FILES = {"predictions_validation.csv", "predictions_calibration.csv", "roc_pr_validation.png",
                 "roc_pr_calibration.png", "loss_curves.png"}
 
@@ -151,6 +153,7 @@ def test_metric_definitions_match_the_job_log(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "\r" not in log, "no carriage-return progress bars (CloudWatch)"
+    assert [line for line in log.splitlines() if not JOB_LINE.match(line)] == [], "the job's own lines only"
     definitions = json.loads((HYPERPARAMETERS_DIR / "metric_definitions.json").read_text())
     for definition in definitions:
         found = re.findall(definition["Regex"], log)
@@ -168,6 +171,7 @@ def test_two_processes_on_one_host_match_single_process_evaluation(tmp_path: Pat
     proc = run_job(root, env={"MASTER_PORT": str(free_port())})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world: 1 node(s) x 2 cpu process(es)" in proc.stdout
+    assert [line for line in (proc.stdout + proc.stderr).splitlines() if not JOB_LINE.match(line)] == []
     result = metrics(root)
     best = result["epochs"][result["best_epoch"]]
     # The final scoring is a single process over the best weights: same AUC as the DDP validation.

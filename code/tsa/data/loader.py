@@ -79,7 +79,9 @@ class BatchStream(IterableDataset):
     def __len__(self) -> int:
         """Batches of a whole epoch, also while resuming one: the training loop counts the trained ones.
 
-        Only the rank's row count matters, not the order: no permutation is drawn.
+        Only the rank's row count matters, not the order: no permutation is drawn. Exact with any
+        number of DataLoader workers (`__iter__` splits the batches among them), so Lightning's
+        warning about a length on an `IterableDataset` does not apply; it is filtered in `tsa/logs.py`.
         """
         rows = len(rank_rows(np.arange(self.num_rows, dtype=np.int64), self.shard,
                              interleave=self.group_starts is None))

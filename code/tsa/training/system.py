@@ -206,6 +206,8 @@ class TsaSystem(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer, scheduler = build_optimizer(self.model.parameters(), self.config.train)
+        # Once per epoch, as the legacy job stepped it (Q19); Lightning's warning that OneCycleLR usually
+        # steps per batch is filtered in `tsa/logs.py`.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
