@@ -90,7 +90,7 @@ def throughput(folder: Path, config: JobConfig, batch_size: int, workers: int,
         path.read_bytes()  # warm the page cache for both loaders alike
     results = []
     legacy = DataLoader(LegacyStyleDataset(folder), batch_size=batch_size, shuffle=True, num_workers=0)
-    stream = BatchStream(open_channel(Channel("train", folder), config), "single", batch_size,
+    stream = BatchStream(open_channel(Channel("train", folder), config.data, config.model), "single", batch_size,
                          ShardSpec(shuffle=True, pad=True))
     loaders = [("legacy_per_sample", 0, legacy), ("batch_stream", 0, make_loader(stream, 0, False))]
     if workers:
@@ -124,7 +124,7 @@ def rss_mib():
             return int(line.split()[1]) / 1024
 configure_allocator()
 config = JobConfig.from_hyperparameters(json.loads(sys.argv[2]))
-source = open_channel(Channel('train', Path(sys.argv[1])), config)
+source = open_channel(Channel('train', Path(sys.argv[1])), config.data, config.model)
 baseline = rss_mib()
 peak, rows = baseline, 0
 stream = BatchStream(source, 'single', 800, ShardSpec(shuffle=True, pad=True))

@@ -189,7 +189,7 @@ def device_batches(config: JobConfig, batch_size: int, device: torch.device) -> 
 
 def loader_batches(folder: Path, config: JobConfig, batch_size: int,
                    device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    source = open_channel(Channel("train", folder), config)
+    source = open_channel(Channel("train", folder), config.data, config.model)
     stream = BatchStream(source, config.model.model_type, batch_size, ShardSpec(shuffle=True, pad=True))
     epoch = 0
     while True:

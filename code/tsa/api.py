@@ -24,7 +24,7 @@ from typing import Any
 
 from tsa.contract import JobPaths
 from tsa.entrypoint import train_job
-from tsa.training.stop import install_stop_handler
+from tsa.training import install_stop_handler
 
 
 def train(hyperparameters: Mapping[str, Any], *, job_dir: str | Path | None = None) -> dict[str, dict[str, float]]:

@@ -1,9 +1,9 @@
 """Artifacts: everything `/opt/ml/model` and `/opt/ml/output/data` hold after training.
 
 Written by global rank 0 only, into `model/.partial` first; once complete it is published with a
-journal (`publish`): the old set moves to `model/.previous`, a `model/.publishing` mark is made,
+journal (`ModelFolder.publish`): the old set moves to `model/.previous`, a `model/.publishing` mark is made,
 the new set moves in, and both hidden folders go. A job killed between those renames (SIGKILL:
-SIGTERM only sets a flag) leaves a state that `recover` puts right at the next start, before
+SIGTERM only sets a flag) leaves a state that `ModelFolder.recover` puts right at the next start, before
 anything else: without the mark it rolls back to the old set, with it it completes the new one.
 So the model folder holds the previous complete set or the new one.
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from tsa.config import JobConfig
 from tsa.contract import JobPaths
+from tsa.errors import OutputError
 from tsa.legacy import legacy_state_dict
 from tsa.serving.inference import MODEL_PACKAGE
 from tsa.training.evaluation import ChannelScores, Predictions
@@ -162,9 +163,68 @@ def write_legacy_scores(folder: Path, scores: dict[str, ChannelScores]) -> None:
     (folder / "percentile_score.json").write_text(json.dumps(table) + "\n")
 
 
-def _published_entries(model_dir: Path) -> list[Path]:
-    """What the model folder shows (everything but the publish's own working entries)."""
-    return sorted(item for item in model_dir.iterdir() if item.name not in WORKING)
+class ModelFolder:
+    """`/opt/ml/model`: its working names, and the publish and the recovery (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path / PARTIAL
+        self.previous = path / PREVIOUS
+        self.publishing = path / PUBLISHING
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def _published_entries(self) -> list[Path]:
+        """What the model folder shows (everything but the publish's own working entries)."""
+        return sorted(item for item in self.path.iterdir() if item.name not in WORKING)
+
+    def _complete_publish(self) -> None:
+        """Phase two: the new set from `.partial` in, then the working entries out (idempotent)."""
+        if self.partial.is_dir():
+            _move_contents(self.partial, self.path)
+        if self.previous.exists():
+            shutil.rmtree(self.previous)
+        self.publishing.unlink(missing_ok=True)
+
+    def publish(self) -> None:
+        """Replace the folder's set by the complete one in `.partial`.
+
+        Nothing of an older set survives, whatever its file names (another `test_name`, another job).
+        """
+        _remove(self.previous)
+        self.previous.mkdir()
+        for item in self._published_entries():
+            os.replace(item, self.previous / item.name)
+        self.publishing.touch()  # from here on the new set is the one to complete
+        self._complete_publish()
+
+    def recover(self) -> None:
+        """Put right what a job killed while exporting left in the folder (before anything else, and after a
+        failed write): the previous complete set back, or the new one completed if it was moving in."""
+        if not self.path.is_dir():
+            return
+        try:
+            self._recover()
+        except OSError as exc:
+            raise OutputError.writing("the model folder's recovery", exc, self.path,
+                                      "an earlier attempt left it mid-publish") from exc
+
+    def _recover(self) -> None:
+        if self.publishing.exists():
+            log.warning("completing the publish of the artifacts an earlier attempt was killed in: %s", self.path)
+            self._complete_publish()
+            return
+        if self.previous.is_dir():
+            log.warning("rolling %s back to the artifacts it held before an interrupted publish", self.path)
+            _move_contents(self.previous, self.path)
+        if self.partial.exists():
+            log.warning("removing incomplete artifacts %s from an earlier attempt", self.partial)
+            _remove(self.partial)
+
+    def discard_partial(self) -> None:
+        """Remove the incomplete set of this attempt (a stop or a write error before the publish)."""
+        _remove(self.partial)
 
 
 def _remove(path: Path) -> None:
@@ -181,62 +241,34 @@ def _move_contents(source: Path, target: Path) -> None:
     source.rmdir()
 
 
-def _complete_publish(model_dir: Path) -> None:
-    """Phase two: the new set from `.partial` in, then the working entries out (idempotent)."""
-    partial, previous = model_dir / PARTIAL, model_dir / PREVIOUS
-    if partial.is_dir():
-        _move_contents(partial, model_dir)
-    if previous.exists():
-        shutil.rmtree(previous)
-    (model_dir / PUBLISHING).unlink(missing_ok=True)
-
-
-def publish(model_dir: Path) -> None:
-    """Replace the model folder's set by the complete one in `.partial` (see the module docstring).
-
-    Nothing of an older set survives, whatever its file names (another `test_name`, another job).
-    """
-    previous = model_dir / PREVIOUS
-    _remove(previous)
-    previous.mkdir()
-    for item in _published_entries(model_dir):
-        os.replace(item, previous / item.name)
-    (model_dir / PUBLISHING).touch()  # from here on the new set is the one to complete
-    _complete_publish(model_dir)
-
-
-def recover(paths: JobPaths) -> None:
-    """Put right what a job killed while exporting left in the model folder, before anything else."""
-    model_dir = paths.model_dir
-    partial, previous = model_dir / PARTIAL, model_dir / PREVIOUS
-    if (model_dir / PUBLISHING).exists():
-        log.warning("completing the publish of the artifacts an earlier attempt was killed in: %s", model_dir)
-        _complete_publish(model_dir)
-        return
-    if previous.is_dir():
-        log.warning("rolling %s back to the artifacts it held before an interrupted publish", model_dir)
-        _move_contents(previous, model_dir)
-    if partial.exists():
-        log.warning("removing incomplete artifacts %s from an earlier attempt", partial)
-        _remove(partial)
-
-
-def discard_partial(paths: JobPaths) -> None:
-    """Remove the incomplete set of this attempt (a stop or a write error before the publish)."""
-    _remove(paths.model_dir / PARTIAL)
-
-
-def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
+def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, *, resume_from: Path,
                      stop_point: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Write every artifact (rank 0 only); returns the final metrics per split.
 
     The output folder's predictions and plots come first, then the model set in `model/.partial`,
     then the publish. `stop_point` runs after every file or plot (the job's SIGTERM check: a
     stop ends the export within one write, without touching `model/`) and last right before the
-    publish.
+    publish. A write that fails (disk full, read-only, permissions) leaves `model/` with its
+    previous set, or the new one if it was moving in, and is reported naming `resume_from`.
     """
-    partial = paths.model_dir / PARTIAL
-    discard_partial(paths)
+    model = ModelFolder(paths.model_dir)
+    try:
+        final = _write(paths, config, result, stop_point, model.partial)
+        model.publish()
+    except OSError as exc:
+        model.recover()
+        outcome = f"the model folder keeps a complete set; the job resumes from {resume_from}"
+        raise OutputError.writing("the artifacts", exc, model.path, outcome) from exc
+    except BaseException:  # a stop: the folder keeps what it held
+        model.discard_partial()
+        raise
+    return final
+
+
+def _write(paths: JobPaths, config: JobConfig, result: TrainingResult, stop_point: Callable[[], None],
+           partial: Path) -> dict[str, Any]:
+    """The output folder's files, then the complete model set in `partial`; the final metrics per split."""
+    _remove(partial)
     name = config.runtime.test_name
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     for split, s in result.scores.items():
@@ -258,5 +290,4 @@ def export_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
     shutil.copyfile(paths.output_data_dir / "loss_curves.png", partial / f"{name}.pt.png")
     write_serving(partial)
     stop_point()
-    publish(paths.model_dir)
     return final

@@ -31,7 +31,7 @@ from tsa import config as config_module
 from tsa.contract import JobPaths, load_hyperparameter_file, read_channels, read_json_object
 from tsa.entrypoint import load_job_config, main_train, validate_job_data
 from tsa.errors import STOPPED_EXIT_CODE, JobError
-from tsa.training.tracking import left_work_behind
+from tsa.training import left_work_behind
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from tsa.artifacts import discard_partial, export_artifacts, recover
+from tsa.artifacts import ModelFolder, export_artifacts
 from tsa.config import JobConfig
 from tsa.contract import (
     Channel,
@@ -42,7 +42,7 @@ from tsa.contract import (
 from tsa.data import open_channel, validate_channel
 from tsa.data.loader import configure_allocator
 from tsa.data.sharding import HostShards
-from tsa.errors import INTERNAL_ERROR_EXIT_CODE, STOPPED_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError, OutputError
+from tsa.errors import INTERNAL_ERROR_EXIT_CODE, STOPPED_EXIT_CODE, USER_ERROR_EXIT_CODE, JobError
 from tsa.logs import configure_logging
 from tsa.toolkit import (
     check_built_in_distribution,
@@ -51,20 +51,28 @@ from tsa.toolkit import (
     run_script_mode,
     script_mode_requested,
 )
-from tsa.training.callbacks import LAST_CHECKPOINT
-from tsa.training.cluster import export_shards, inherited_shards, meet, peers_watched
-from tsa.training.plan import (
+from tsa.training import (
+    STOP,
+    CheckpointFolder,
     RunPlan,
+    StopRequested,
+    TrackingLogger,
+    TrainingResult,
     check_memory,
+    check_stop,
+    check_tracking,
     configure_environment,
+    export_shards,
+    fit,
+    inherited_shards,
+    install_stop_handler,
     is_launched_worker,
+    meet,
+    open_tracking,
     output_bytes,
+    peers_watched,
     plan_run,
 )
-from tsa.training.result import TrainingResult
-from tsa.training.stop import STOP, StopRequested, check_stop, install_stop_handler
-from tsa.training.tracking import TrackingLogger, check_tracking, open_tracking
-from tsa.training.trainer import BEST_WEIGHTS, fit
 
 log = logging.getLogger("tsa")
 
@@ -130,7 +138,7 @@ def run_guarded(paths: JobPaths, job: Callable[[], object]) -> int:
         if exc.reported:
             write_failure(paths, exc)
         return STOPPED_EXIT_CODE
-    except (JobError, Exception) as exc:
+    except Exception as exc:  # a JobError (exit 2: the user's or the environment's) or a defect (exit 1)
         traceback.print_exc(file=sys.stderr)
         log.error("job failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         write_failure(paths, exc)
@@ -146,7 +154,8 @@ def load_job_config(paths: JobPaths) -> JobConfig:
 def validate_job_data(config: JobConfig, channels: dict[str, Channel]) -> dict[str, int]:
     """Open and check every channel present; returns examples per channel."""
     stop_point = functools.partial(check_stop, "before training (while validating the data)")
-    return {name: validate_channel(open_channel(channel, config), config.model, before_chunk=stop_point)
+    return {name: validate_channel(open_channel(channel, config.data, config.model), config.model,
+                                   before_chunk=stop_point)
             for name, channel in channels.items()}
 
 
@@ -167,30 +176,27 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
                  resources.describe_host(resources.current_host), list(resources.hosts))
         return {}
     channels = read_channels(paths)
-    plan = plan_run(config, resources)
-    checkpoint_dir, checkpoint_source = choose_checkpoint_dir(paths, config.runtime.checkpoint_dir)
+    plan = plan_run(config.runtime, resources)
+    checkpoints = CheckpointFolder(*choose_checkpoint_dir(paths, config.runtime.checkpoint_dir))
     if is_launched_worker():  # the ranks Lightning starts inherit the launcher's checks and agreement
         host_shards = inherited_shards()
     else:
-        host_shards = prepare_host(paths, config, raw, resources, channels, plan,
-                                   checkpoint_folder=(checkpoint_dir, checkpoint_source))
+        host_shards = prepare_host(paths, config, raw, resources, channels, plan, checkpoints)
     configure_environment(plan.world)
     check_stop("before training")
     trace_dir = paths.trace_dir if config.runtime.trace else None
-    resuming = (checkpoint_dir / LAST_CHECKPOINT).is_file()
-    if trace_dir is not None and not is_launched_worker() and not resuming:
+    if trace_dir is not None and not is_launched_worker() and not checkpoints.resuming:
         shutil.rmtree(trace_dir, ignore_errors=True)  # a fresh run's trace (a resumed run appends)
-    tracker = (open_tracking(config.runtime, config.resolved(), checkpoint_dir, resuming=resuming)
-               if is_global_zero(plan) else None)
-    with peers_watched(plan.world, checkpoint_dir):
-        result = fit(config, channels, plan, checkpoint_dir, work_dir=paths.lightning_dir, trace_dir=trace_dir,
+    tracker = open_tracking(config.runtime, config.resolved(), checkpoints) if is_global_zero(plan) else None
+    with peers_watched(plan.world, checkpoints.path):
+        result = fit(config, channels, plan, checkpoints, work_dir=paths.lightning_dir, trace_dir=trace_dir,
                      tensorboard_dir=paths.tensorboard(config.runtime.tensorboard_dir), host_shards=host_shards,
                      tracker=tracker)
     distributed = dist.is_available() and dist.is_initialized()
     final: dict[str, dict[str, float]] = {}
     try:
         if result.is_global_zero:
-            final = export_tracked_artifacts(paths, config, result, checkpoint_dir, tracker)
+            final = export_tracked_artifacts(paths, config, result, checkpoints, tracker)
     finally:
         if distributed:
             # Every rank waits for rank 0's export: SDK local mode stops all containers as soon
@@ -205,11 +211,11 @@ def is_global_zero(plan: RunPlan) -> bool:
     return plan.world.node_rank == 0 and not is_launched_worker()
 
 
-def export_tracked_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, checkpoint_dir: Path,
+def export_tracked_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult, checkpoints: CheckpointFolder,
                              tracker: TrackingLogger | None) -> dict[str, dict[str, float]]:
     """`export_job_artifacts`, then (a tracked job) the final metrics and `metrics.json` to the run, which ends."""
     try:
-        final = export_job_artifacts(paths, config, result, checkpoint_dir)
+        final = export_job_artifacts(paths, config, result, checkpoints)
     except BaseException:
         if tracker is not None:
             tracker.finalize("failed")
@@ -220,24 +226,23 @@ def export_tracked_artifacts(paths: JobPaths, config: JobConfig, result: Trainin
 
 
 def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], resources: ResourceConfig,
-                 channels: dict[str, Channel], plan: RunPlan, checkpoint_folder: tuple[Path, str]) -> HostShards:
+                 channels: dict[str, Channel], plan: RunPlan, checkpoints: CheckpointFolder) -> HostShards:
     """Once per host, before training: the environment, every check, and (several hosts) the agreement.
 
     On a multi-host job a failed check is first reported to the other hosts, so that every host stops
     with it instead of waiting for this one.
     """
     export_sm_environment(paths, resources, channels, raw)
-    checkpoint_dir, checkpoint_source = checkpoint_folder
-    log.info("checkpoint folder: %s (%s)", checkpoint_dir, checkpoint_source)
+    log.info("checkpoint folder: %s (%s)", checkpoints.path, checkpoints.source)
     error: JobError | None = None
     rows: dict[str, int] = {}
     try:
         check_tracking()
-        check_memory(config, plan)
-        needed = output_bytes(config)
+        check_memory(config.model, config.train.batch_size, plan.world)
+        needed = output_bytes(config.model)
         for folder, what, key in ((paths.model_dir, "model folder", "model"),
                                   (paths.output_data_dir, "output folder", "output"),
-                                  (checkpoint_dir, f"checkpoint folder ({checkpoint_source})", "checkpoints")):
+                                  (checkpoints.path, f"checkpoint folder ({checkpoints.source})", "checkpoints")):
             check_writable(folder, what, needed[key])
         rows = validate_job_data(config, channels)
     except JobError as exc:
@@ -250,23 +255,18 @@ def prepare_host(paths: JobPaths, config: JobConfig, raw: Mapping[str, Any], res
         log.info("run plan: %s", plan.describe(resources.current_host))
     shards = HostShards()  # one host: nothing differs between hosts
     if resources.num_nodes > 1:
-        resume_from = [checkpoint_dir / LAST_CHECKPOINT, checkpoint_dir / BEST_WEIGHTS]
         sharded = {name: rows[name] for name, channel in channels.items() if channel.sharded_by_host and name in rows}
-        shards = meet(resources, config, plan.world, resume_from, sharded_rows=sharded, local_error=error)
+        shards = meet(resources, config, plan.world, checkpoints.resume_files(), sharded_rows=sharded,
+                      local_error=error)
     export_shards(shards)
     return shards
 
 
 def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingResult,
-                         checkpoint_dir: Path) -> dict[str, dict[str, float]]:
+                         checkpoints: CheckpointFolder) -> dict[str, dict[str, float]]:
     """Write the artifacts of the selected model and its scores."""
-    try:
-        final = export_artifacts(paths, config, result,
-                                 stop_point=lambda: check_stop_during_export(paths, checkpoint_dir))
-    except OSError as exc:  # disk full, read-only, permissions: the environment's
-        recover(paths)  # the model folder back to its previous set (or forward to the new one, if it was moving in)
-        outcome = f"the model folder keeps a complete set; the job resumes from {checkpoint_dir}"
-        raise OutputError.writing("the artifacts", exc, paths.model_dir, outcome) from exc
+    final = export_artifacts(paths, config, result, resume_from=checkpoints.path,
+                             stop_point=lambda: check_stop_during_export(checkpoints))
     for split, performance in final.items():
         print(f"METRIC final split={split}; " + " ".join(f"{k}={v};" for k, v in performance.items()), flush=True)
     log.info("artifacts written to %s (model) and %s (predictions, plots)", paths.model_dir, paths.output_data_dir)
@@ -275,10 +275,9 @@ def export_job_artifacts(paths: JobPaths, config: JobConfig, result: TrainingRes
     return final
 
 
-def check_stop_during_export(paths: JobPaths, checkpoint_dir: Path) -> None:
+def check_stop_during_export(checkpoints: CheckpointFolder) -> None:
     if STOP.requested:
-        discard_partial(paths)
-        raise StopRequested.during_export(checkpoint_dir)
+        raise StopRequested.during_export(checkpoints.path)
 
 
 def main_train(base_dir: Path | None = None) -> int:
@@ -307,9 +306,4 @@ def write_success(paths: JobPaths) -> None:
 
 def recover_model_folder(paths: JobPaths) -> None:
     """Before anything else: the model folder as a complete set, whatever an earlier attempt left."""
-    if paths.model_dir.is_dir():
-        try:
-            recover(paths)
-        except OSError as exc:
-            raise OutputError.writing("the model folder's recovery", exc, paths.model_dir,
-                                      "an earlier attempt left it mid-publish") from exc
+    ModelFolder(paths.model_dir).recover()

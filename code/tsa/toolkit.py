@@ -58,8 +58,8 @@ from tsa.contract import (
     read_resource_config,
 )
 from tsa.errors import STOPPED_EXIT_CODE, ConfigError
-from tsa.training.plan import visible_gpus
 from tsa.training.stop import wait_in_thread
+from tsa.training.world import visible_gpus
 
 log = logging.getLogger("tsa")
 

@@ -128,7 +128,8 @@ def legacy_final_scores_reproduced(case_id: str) -> bool:
     model = build_model(config.model)
     load_legacy_state_dict(model, expected["best_state_dict"])
     model.eval()
-    source = open_channel(Channel("validation", RUN_FIXTURE_DIR / case_id / "job/input/data/vali"), config)
+    source = open_channel(Channel("validation", RUN_FIXTURE_DIR / case_id / "job/input/data/vali"), config.data,
+                          config.model)
     world = int(expected["world_size"])
     blocks = []
     with torch.no_grad():

@@ -60,7 +60,7 @@ def test_batches_and_model_inputs_are_bit_exact(entry: dict[str, Any], fmt: str,
         write_npy_channel(folder, "vali", config.data.data_version, arrays)
     else:
         write_parquet_channel(folder, arrays, row_group_rows=3)
-    source = open_channel(Channel("validation", folder), config)
+    source = open_channel(Channel("validation", folder), config.data, config.model)
     stream = BatchStream(source, config.model.model_type, config.train.batch_size, ShardSpec())
     batch = next(iter(make_loader(stream, num_workers=0, pin_memory=False)))
     assert np.array_equal(batch.pop("row").numpy(), np.arange(len(arrays["Y"]))[: config.train.batch_size])

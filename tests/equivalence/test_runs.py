@@ -186,7 +186,7 @@ def score_best_model(expected: dict[str, Any], hyperparameters: dict[str, str]) 
     load_legacy_state_dict(model, expected["best_state_dict"])
     model.eval()
     folder = RUN_FIXTURE_DIR / expected["case_id"] / "job/input/data/vali"
-    channel = open_channel(Channel("validation", folder), config)
+    channel = open_channel(Channel("validation", folder), config.data, config.model)
     rows = expected["files"]["vali"]["rows"].numpy()
     batch_size = config.train.batch_size
     torch.manual_seed(0)  # the MoE's eval-time draws (Q4): the same stream for both modes

@@ -472,7 +472,7 @@ def killed_while_publishing(renames_before_kill: Callable[[int], int]) -> Callab
 
             artifacts.os.replace = replace  # type: ignore[attr-defined]
             try:
-                artifacts.publish(model)
+                artifacts.ModelFolder(model).publish()
             except Killed:
                 pass
             finally:

@@ -130,7 +130,7 @@ def score_union(model_dir: Path, roots: Sequence[Path], channel: str) -> tuple[l
     model, config = load_weights(model_dir)
     ids, probabilities, labels = [], [], []
     for root in roots:
-        source = open_channel(Channel(channel, root / "input/data" / channel), config)
+        source = open_channel(Channel(channel, root / "input/data" / channel), config.data, config.model)
         rows = np.arange(source.num_rows)
         with torch.no_grad():
             inputs, y = model_inputs(source.batch(rows, config.model.model_type), config.model)

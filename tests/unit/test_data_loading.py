@@ -31,7 +31,7 @@ def channel(tmp_path: Path, rows: int, fmt: str, name: str = "train") -> object:
     if fmt == "parquet":
         npy_to_parquet(folder, tmp_path / f"{name}_pq", row_group_rows=7)
         folder = tmp_path / f"{name}_pq"
-    return open_channel(Channel(name, folder), CONFIG)
+    return open_channel(Channel(name, folder), CONFIG.data, CONFIG.model)
 
 
 def rows_seen(source: object, world: int, workers: int, training: bool, epoch: int = 0) -> list[list[int]]:
@@ -124,7 +124,8 @@ def test_synthetic_data_is_valid_and_plants_a_temporal_signal(tmp_path: Path, mo
     config = JobConfig.from_hyperparameters({**DATA_HP, "model_type": model_type, "seq_len": "12"})
     arrays = generate(config.model, 4000, seed=0)
     write_npy_channel(tmp_path / "train", "train", "v0", arrays)
-    assert validate_channel(open_channel(Channel("train", tmp_path / "train"), config), config.model) == 4000
+    source = open_channel(Channel("train", tmp_path / "train"), config.data, config.model)
+    assert validate_channel(source, config.model) == 4000
     y = arrays["Y"]
     assert 0.15 < y.mean() < 0.3
     seq = arrays["X_seq_num" if model_type == "single" else "cid_X_seq_num"]
@@ -150,7 +151,7 @@ def test_the_memory_map_gather_is_to_batch_bit_for_bit(tmp_path: Path, model_typ
     elif dtypes == "big_endian":
         arrays = {n: a.astype(a.dtype.newbyteorder(">")) for n, a in arrays.items()}
     write_npy_channel(tmp_path / "train", "train", "v0", arrays)
-    source = open_channel(Channel("train", tmp_path / "train"), config)
+    source = open_channel(Channel("train", tmp_path / "train"), config.data, config.model)
     rows = np.random.default_rng(0).integers(0, len(arrays["Y"]), size=2 * GATHER_CHUNK_ROWS + 9)
     mine, legacy = source.batch(rows, model_type), to_batch(source.take(rows, source.names), model_type)
     assert mine.keys() == legacy.keys()

@@ -55,7 +55,8 @@ def test_big_endian_arrays_are_read_losslessly(tmp_path: Path) -> None:
     arrays = good_arrays()
     root = job_with(tmp_path, {k: v.astype(v.dtype.newbyteorder(">")) for k, v in arrays.items()}, "npy")
     assert cli_main(["validate", str(root)]) == 0
-    source = open_channel(Channel("train", root / "input/data/train"), JobConfig.from_hyperparameters(HP))
+    config = JobConfig.from_hyperparameters(HP)
+    source = open_channel(Channel("train", root / "input/data/train"), config.data, config.model)
     rows = np.arange(len(arrays["Y"]))[::-1]
     for name, values in source.take(rows, source.names).items():
         assert values.dtype.isnative and np.array_equal(values, arrays[name][rows]), name
@@ -74,6 +75,7 @@ def test_a_host_shard_of_a_scored_channel_may_hold_one_label(tmp_path: Path) -> 
     arrays["Y"] = np.zeros_like(arrays["Y"])
     write_parquet_channel(tmp_path / "validation", arrays)
     shard = Channel("validation", tmp_path / "validation", distribution="ShardedByS3Key")
-    assert validate_channel(open_channel(shard, config), config.model) == len(arrays["Y"])
+    assert validate_channel(open_channel(shard, config.data, config.model), config.model) == len(arrays["Y"])
     with pytest.raises(DataError, match="every example has label 0"):
-        validate_channel(open_channel(Channel("validation", tmp_path / "validation"), config), config.model)
+        validate_channel(open_channel(Channel("validation", tmp_path / "validation"), config.data, config.model),
+                         config.model)

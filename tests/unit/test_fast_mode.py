@@ -53,7 +53,7 @@ def test_fused_attention_reproduces_the_legacy_fixtures_within_1e_5(entry: dict[
 
 def plan(hyperparameters: dict[str, str], gpus: int) -> RunPlan:
     """The run plan on a machine with `gpus` GPUs (0: CPU only)."""
-    return plan_run(JobConfig.from_hyperparameters(hyperparameters), ResourceConfig(), gpus=gpus)
+    return plan_run(JobConfig.from_hyperparameters(hyperparameters).runtime, ResourceConfig(), gpus=gpus)
 
 
 def test_fast_mode_is_off_by_default_and_the_plan_decides_its_parts() -> None:
@@ -90,11 +90,11 @@ def test_fast_mode_training_reaches_the_exact_validation_auc(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("example", ["eu_single", "na_dual", "smoke"])
 def test_the_memory_check_counts_the_parameters_within_5_percent(example: str) -> None:
-    from tsa.training.plan import parameter_count
+    from tsa.training.budget import parameter_count
 
     config = JobConfig.from_hyperparameters(load_example(example))
     real = sum(p.numel() for p in build_model(config.model).parameters())
-    assert abs(parameter_count(config) - real) <= 0.05 * real
+    assert abs(parameter_count(config.model) - real) <= 0.05 * real
 
 
 def fast_training_step(model_type: str, use_moe: bool, use_time_seq: bool, dropout: float = 0.0) -> tuple[Any, ...]:

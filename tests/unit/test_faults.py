@@ -80,17 +80,20 @@ def test_the_memory_refusal_names_the_largest_value_that_fits(key: str, value: s
     from tsa.config import JobConfig
     from tsa.contract import ResourceConfig
     from tsa.errors import ConfigError
-    from tsa.training.plan import MEMORY_HEADROOM, check_memory, memory_needed, plan_run
+    from tsa.training.budget import MEMORY_HEADROOM, check_memory, memory_needed
+    from tsa.training.plan import plan_run
 
     hyperparameters = {"n_cat_features": "40", "n_num_features": "33", "n_embedding": "120", "num_heads": "2",
                        "dim_embedding_table": "16", key: value}
     config = JobConfig.from_hyperparameters(hyperparameters)
-    plan = plan_run(config, ResourceConfig(), gpus=0)
+    world = plan_run(config.runtime, ResourceConfig(), gpus=0).world
     with pytest.raises(ConfigError, match="lower one of them: at most ") as refused:
-        check_memory(config, plan, available=available)
+        check_memory(config.model, config.train.batch_size, world, available=available)
     suggested = int(re.search(rf"\b{key}=(\d+)", str(refused.value)).group(1))
     step = 2 if key == "dim_embedding_table" else 1
     fitting = JobConfig.from_hyperparameters({**hyperparameters, key: str(suggested)})
     larger = JobConfig.from_hyperparameters({**hyperparameters, key: str(suggested + step)})
-    assert memory_needed(fitting) <= MEMORY_HEADROOM * available < memory_needed(larger)
-    check_memory(fitting, plan_run(fitting, ResourceConfig(), gpus=0), available=available)
+    assert (memory_needed(fitting.model, fitting.train.batch_size) <= MEMORY_HEADROOM * available
+            < memory_needed(larger.model, larger.train.batch_size))
+    check_memory(fitting.model, fitting.train.batch_size, plan_run(fitting.runtime, ResourceConfig(), gpus=0).world,
+                 available=available)

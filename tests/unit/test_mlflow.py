@@ -107,7 +107,8 @@ def test_file_store_one_run_named_by_the_job_with_config_epochs_and_metrics_json
     check_run(uri, "tsa-training", root, TINY, JOB_NAME, tmp_path)
 
 
-RESUMED_HP = {**TINY, "batch_size": "32", "max_epoch": "3", "log_every_n_steps": "1", "test_name": "resumed"}  # 10 steps
+# 10 steps an epoch, each with its METRIC line
+RESUMED_HP = {**TINY, "batch_size": "32", "max_epoch": "3", "log_every_n_steps": "1", "test_name": "resumed"}
 
 
 @pytest.mark.xdist_group("mlflow-file")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tsa.config import JobConfig
+from tsa.config import DataConfig, ModelConfig
 from tsa.contract import SHARDED_BY_S3_KEY, Channel
 from tsa.data.npy import NpyChannel
 from tsa.data.parquet import ParquetChannel
@@ -43,12 +43,12 @@ def detect_format(folder: Path, channel: str, sharded: bool = False) -> str:
     return "npy" if has_npy else "parquet"
 
 
-def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
+def open_channel(channel: Channel, data: DataConfig, model: ModelConfig) -> ChannelSource:
     """The channel's data, opened lazily (nothing is loaded into memory here)."""
-    fmt = config.data.data_format
+    fmt = data.data_format
     if fmt == "auto":
         fmt = detect_format(channel.path, channel.name, channel.sharded_by_host)
-    specs = array_specs(config.model)
+    specs = array_specs(model)
     if fmt == "npy" and channel.sharded_by_host:
         raise ChannelError(
             f"channel '{channel.name}' has S3DistributionType '{SHARDED_BY_S3_KEY}', but its legacy .npy layout is "
@@ -57,7 +57,7 @@ def open_channel(channel: Channel, config: JobConfig) -> ChannelSource:
             "files), the layout that shards by rows"
         )
     if fmt == "npy":
-        return NpyChannel(channel.name, channel.path, config.data.data_version, specs)
+        return NpyChannel(channel.name, channel.path, data.data_version, specs)
     source = ParquetChannel(channel.name, channel.path, specs)
     source.host_shard = channel.sharded_by_host
     return source

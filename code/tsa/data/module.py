@@ -108,7 +108,7 @@ class TsaDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for name, channel in self.channels.items():
             if name not in self.sources:
-                self.sources[name] = open_channel(channel, self.config)
+                self.sources[name] = open_channel(channel, self.config.data, self.config.model)
 
     def _place(self, name: str) -> tuple[int, int]:
         """(rank, world) among the readers of channel `name`."""

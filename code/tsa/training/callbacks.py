@@ -31,7 +31,6 @@ from tsa.training.system import TsaSystem
 
 log = logging.getLogger("tsa.training")
 
-LAST_CHECKPOINT = "last.ckpt"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -63,8 +62,8 @@ class SpotCheckpoint(L.Callback):
     it for a mid-epoch one.
     """
 
-    def __init__(self, checkpoint_dir: Path, stop: StopSignal) -> None:
-        self.path = checkpoint_dir / LAST_CHECKPOINT
+    def __init__(self, path: Path, stop: StopSignal) -> None:
+        self.path = path  # the checkpoint folder's `last.ckpt`
         self.stop = stop
         self._mid_epoch = False
         self._resume: dict[str, Any] | None = None

@@ -37,8 +37,8 @@ from tsa.config import JobConfig
 from tsa.contract import ResourceConfig
 from tsa.data.sharding import HostShards
 from tsa.errors import ClusterError, JobError
-from tsa.training.plan import WorldLayout
 from tsa.training.stop import check_stop, wait_in_thread
+from tsa.training.world import WorldLayout
 
 log = logging.getLogger("tsa.cluster")
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from tsa.training.plan import is_distributed
+from tsa.training.world import is_distributed
 
 
 @dataclass(frozen=True)

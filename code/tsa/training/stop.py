@@ -35,7 +35,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from tsa.training.plan import is_distributed
+from tsa.training.world import is_distributed
 
 log = logging.getLogger("tsa.training")
 

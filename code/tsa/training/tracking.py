@@ -3,8 +3,8 @@
 One run per job, on global rank 0 only, through Lightning's `MLFlowLogger`: the resolved config as
 params, each epoch's record (as `metrics.json` keeps it, step = epoch), then the final split
 metrics and `metrics.json` itself once the artifacts are written. The run's id is kept in the
-checkpoint folder (`RUN_FILE`), so that a job resumed from that folder (spot, a rerun) goes on in the
-same run instead of starting a second one.
+checkpoint folder (`CheckpointFolder.tracking_run`), so that a job resumed from that folder (spot, a
+rerun) goes on in the same run instead of starting a second one.
 
 Tracking never fails or hangs a job that is otherwise fine: MLflow's HTTP timeout and retries get
 short defaults (unless set), the artifact upload (which may go to S3 through boto3, outside those
@@ -35,6 +35,7 @@ from typing_extensions import override
 
 from tsa.config import RuntimeConfig
 from tsa.errors import ConfigError
+from tsa.training.checkpoints import CheckpointFolder
 from tsa.training.stop import STOP
 
 log = logging.getLogger("tsa.tracking")
@@ -56,7 +57,6 @@ MLFLOW_ENV_DEFAULTS = {
 # The artifact upload: with an ARN (or any S3 artifact store) it is boto3's, whose defaults (60 s to connect,
 # 60 s to read, retried) are not bounded by the MLFLOW_HTTP_* settings.
 UPLOAD_DEADLINE_S = 30.0
-RUN_FILE = "mlflow-run.json"  # in the checkpoint folder: the tracking URI, experiment and run id of the job's run
 _ABANDONED = threading.Event()  # a call given up at its deadline still runs in a thread of its own
 
 T = TypeVar("T")
@@ -254,16 +254,16 @@ def _keep_run(run_file: Path, tracker: TrackingLogger) -> None:
                     exc.strerror or exc)
 
 
-def open_tracking(runtime: RuntimeConfig, params: Mapping[str, Any], checkpoint_dir: Path,
-                  resuming: bool) -> TrackingLogger | None:
-    """On global rank 0 of a job given a tracking URI: the job's run, created (or, `resuming`, the run the
-    checkpoint folder names), with `params` logged."""
+def open_tracking(runtime: RuntimeConfig, params: Mapping[str, Any],
+                  checkpoints: CheckpointFolder) -> TrackingLogger | None:
+    """On global rank 0 of a job given a tracking URI: the job's run, created (or, when the job resumes, the
+    run the checkpoint folder names), with `params` logged."""
     uri = tracking_uri()
     if uri is None:
         return None
     bound_http_defaults()
-    run_file = checkpoint_dir / RUN_FILE
-    earlier = _earlier_run(run_file, uri, runtime.mlflow_experiment_name) if resuming else None
+    run_file = checkpoints.tracking_run
+    earlier = _earlier_run(run_file, uri, runtime.mlflow_experiment_name) if checkpoints.resuming else None
     run_name = runtime.mlflow_run_name or os.environ.get(JOB_NAME_ENV) or None
     try:
         tracker = TrackingLogger(uri, runtime.mlflow_experiment_name, run_name, run_id=earlier)

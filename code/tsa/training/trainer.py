@@ -28,7 +28,8 @@ from tsa.data.channels import EVALUATION_CHANNELS
 from tsa.data.sharding import HostShards
 from tsa.errors import CheckpointError
 from tsa.models import build_model
-from tsa.training.callbacks import LAST_CHECKPOINT, MetricLines, SpotCheckpoint
+from tsa.training.callbacks import MetricLines, SpotCheckpoint
+from tsa.training.checkpoints import CheckpointFolder
 from tsa.training.plan import RunPlan
 from tsa.training.result import TrainingResult
 from tsa.training.stop import StopSignal, check_stop_local, install_stop_handler
@@ -42,7 +43,6 @@ log = logging.getLogger("tsa.training")
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
-BEST_WEIGHTS = "best-model.safetensors"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,7 +83,7 @@ def check_resumable(path: Path, config: JobConfig, rows: dict[str, int | list[in
                               f"{remedy}, or point checkpoint_dir at the folder of the job that wrote it")
 
 
-def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback], root: Path,
+def build_trainer(max_epochs: int, plan: RunPlan, callbacks: list[L.Callback], root: Path,
                   tensorboard_dir: Path | None = None, tracker: TrackingLogger | None = None) -> L.Trainer:
     layout = plan.world
     strategy: Any = "auto"
@@ -99,7 +99,7 @@ def build_trainer(config: JobConfig, plan: RunPlan, callbacks: list[L.Callback],
         num_nodes=layout.num_nodes,
         strategy=strategy,
         precision=plan.precision,
-        max_epochs=config.train.max_epoch,
+        max_epochs=max_epochs,
         callbacks=callbacks,
         # Lightning's TensorBoard logger (tensorboard, else tensorboardX), global rank 0 only; the
         # scalars are the METRIC lines' (`MetricLines`). The MLflow logger: global rank 0 of a tracked job.
@@ -132,10 +132,10 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoint_dir: Path,
+def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoints: CheckpointFolder,
         work_dir: Path, trace_dir: Path | None = None, tensorboard_dir: Path | None = None,
         host_shards: HostShards | None = None, tracker: TrackingLogger | None = None) -> TrainingResult:
-    """Train (resuming from `checkpoint_dir/last.ckpt` when it exists), then score the selected model.
+    """Train (resuming from the checkpoint folder's `last.ckpt` when it exists), then score the selected model.
 
     The final scoring is the legacy post-training pass: every rank reloads the best weights and
     evaluates validation, then calibration (then test), in the sampler order of the epoch index
@@ -147,15 +147,15 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
     model = build_model(config.model, fused_attention=plan.fused_attention)
     trace = RunTrace(trace_dir)
     trace.record_init(model)
-    best = checkpoint_dir / BEST_WEIGHTS
+    best = checkpoints.best_weights
     system = TsaSystem(model, config, plan, best, trace)
     datamodule = TsaDataModule(config, channels, pin_memory=plan.pin_memory, host_shards=host_shards)
     stop = StopSignal(config.runtime.stop_check_every_n_steps)
-    callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoint_dir, stop)]
+    callbacks = [stop, MetricLines(config.runtime.log_every_n_steps), SpotCheckpoint(checkpoints.last, stop)]
     if tracker is not None:
         callbacks.append(TrackedEpochs(tracker))
-    trainer = build_trainer(config, plan, callbacks, work_dir, tensorboard_dir, tracker)
-    last = checkpoint_dir / LAST_CHECKPOINT
+    trainer = build_trainer(config.train.max_epoch, plan, callbacks, work_dir, tensorboard_dir, tracker)
+    last = checkpoints.last
     resume = last.is_file() and not config.runtime.ignore_checkpoint
     if resume:
         check_resumable(last, config, datamodule.row_counts())
