@@ -16,7 +16,8 @@ Run: make test-container    (or, with the image built: .venv/bin/pytest -m conta
     mode with the `PyTorch` estimator's `distribution={"torch_distributed": ...}`, two instances in local
     mode: torchrun on each, one world of four processes (`cpu_processes=2`) with a gloo all_reduce; and
     in one container without a network (`docker run --network none`); (l) the `tracking` extra is in the
-    image at the versions pyproject.toml asks for, and `import tsa.entrypoint` does not import mlflow.
+    image at the versions pyproject.toml asks for, and `import tsa.entrypoint` does not import mlflow; (m) a job
+    tracked by the image's mlflow-skinny to a file store in its output folder, read back with the dev venv's mlflow.
 """
 
 from __future__ import annotations
@@ -419,3 +420,40 @@ def test_l_the_image_has_the_tracking_extra_and_tsa_does_not_import_mlflow() -> 
     assert all(probe["satisfied"].values()), probe
     assert probe["found"] == {"mlflow": True, "sagemaker_mlflow": True}, probe
     assert not probe["mlflow_imported_by_tsa"], "import tsa.entrypoint imported mlflow: tracking must import it lazily"
+
+
+MLFLOW_JOB_NAME = "tsa-container-job-2024-01-01-00-00-00-000"
+
+
+def test_m_the_images_mlflow_skinny_tracks_a_job_through_lightnings_logger(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One epoch tracked by the image's client (mlflow-skinny, test_l) to a file store in the mounted output folder,
+    read back here with the dev environment's full mlflow: one FINISHED run named by the job, every epoch, the file.
+
+    The run records container paths (file:///opt/ml/...): its artifact is checked where the mount puts it.
+    """
+    from mlflow import MlflowClient
+
+    job = make_job(tmp_path / "job", QUICK, rows="train=64,validation=32,calibration=32")
+    proc = run_container(job, "-e", "MLFLOW_TRACKING_URI=file:///opt/ml/output/data/mlruns",
+                         "-e", "MLFLOW_ALLOW_FILE_STORE=true", "-e", f"TRAINING_JOB_NAME={MLFLOW_JOB_NAME}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "MLflow tracking at" not in log, log[-3000:]  # the warning of a tracking that failed and turned off
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = job / "output/data/mlruns"
+    client = MlflowClient(store.as_uri())
+    experiment = client.get_experiment_by_name("tsa-training")
+    assert experiment is not None, f"no experiment 'tsa-training' in {store}: {log[-2000:]}"
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1, [run.info.run_name for run in runs]
+    run = runs[0]
+    assert run.info.run_name == MLFLOW_JOB_NAME and run.info.status == "FINISHED"
+    assert f"MLflow run {run.info.run_id} ({MLFLOW_JOB_NAME}) of experiment 'tsa-training'" in proc.stdout
+    written = metrics(job)
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "validation_auc")]
+    assert sorted(history) == [(epoch["epoch"], epoch["validation_auc"]) for epoch in written["epochs"]]
+    assert len(history) == 1  # QUICK: one epoch
+    relative = f"{experiment.experiment_id}/{run.info.run_id}/artifacts"
+    assert run.info.artifact_uri == f"file:///opt/ml/output/data/mlruns/{relative}"
+    assert json.loads((store / relative / "metrics.json").read_text()) == written
