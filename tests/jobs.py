@@ -253,6 +253,11 @@ def run_job(root: Path, env: dict[str, str] | None = None, timeout: int = 300) -
                           timeout=timeout)
 
 
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The records of one rank's run trace (`runtime.trace`: one JSON object a line)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def metrics(root: Path) -> dict[str, Any]:
     return json.loads((root / "model/metrics.json").read_text())
 

@@ -19,25 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tsa.config import JobConfig, ModelConfig
+from tsa.config import JobConfig
 from tsa.errors import CheckpointError
 from tsa.weights import alias_groups, load_weights, save_weights, write_torch
-
-_LEGACY_MODEL_KWARGS = (
-    "n_cat_features", "n_num_features", "n_classes", "n_embedding", "seq_len", "n_engineered_num_features",
-    "dim_embedding_table", "dim_attn_feedforward", "use_mlp", "num_heads", "dropout", "n_layers_order",
-    "n_layers_feature", "emb_tbl_use_bias", "use_moe", "num_experts", "use_time_seq",
-)
-
-
-def model_config_from_legacy_kwargs(kwargs: Mapping[str, Any], model_type: str) -> ModelConfig:
-    """The `ModelConfig` of a legacy classifier's constructor keyword arguments."""
-    if kwargs.get("return_seq"):
-        raise CheckpointError("legacy return_seq=True cannot work in the classifiers (quirk Q32): use False")
-    if kwargs.get("use_mlp"):
-        raise CheckpointError("legacy use_mlp=1 never ran (MLPBlock undefined, quirk Q15): use 0")
-    values = {key: kwargs[key] for key in _LEGACY_MODEL_KWARGS if key in kwargs}
-    return ModelConfig(model_type=model_type, **values)  # type: ignore[arg-type]
 
 
 def unwrap_legacy_checkpoint(obj: Any) -> dict[str, Tensor]:

@@ -17,12 +17,27 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tsa.legacy import model_config_from_legacy_kwargs
+from tsa.config import ModelConfig
 from tsa.models import DualSequenceTSA, SingleSequenceTSA
 from tsa.models.attention import AttentionLayer, AttentionLayerPreNorm, TemporalMultiheadAttention
 from tsa.models.blocks import FeatureAggregation, TimeEncode, TimeEncoder, compute_fm
 from tsa.models.encoders import FeatureAttentionLayer, OrderAttentionLayer
 from tsa.models.moe import Experts, MoE, Top2Gating
+
+# The legacy classifiers' constructor arguments that are `ModelConfig` fields (return_seq and the MLP head
+# are not: quirks Q32 and Q15, never run by the legacy job).
+LEGACY_MODEL_KWARGS = (
+    "n_cat_features", "n_num_features", "n_classes", "n_embedding", "seq_len", "n_engineered_num_features",
+    "dim_embedding_table", "dim_attn_feedforward", "use_mlp", "num_heads", "dropout", "n_layers_order",
+    "n_layers_feature", "emb_tbl_use_bias", "use_moe", "num_experts", "use_time_seq",
+)
+
+
+def model_config_from_legacy_kwargs(kwargs: dict[str, Any], model_type: str) -> ModelConfig:
+    """The `ModelConfig` of a legacy classifier case's constructor keyword arguments."""
+    assert not kwargs.get("return_seq") and not kwargs.get("use_mlp"), "a legacy case the classifiers never ran"
+    return ModelConfig(model_type=model_type, **{key: kwargs[key] for key in LEGACY_MODEL_KWARGS if key in kwargs})
+
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_tsa"
 FIXTURE_DIR = Path(os.environ.get("TSA_LEGACY_FIXTURES", DEFAULT_DIR))

@@ -33,8 +33,7 @@ import pytest
 import torch
 
 from tests.equivalence.fixtures import read_manifest
-from tests.jobs import free_port
-from tsa.training.trace import read_trace
+from tests.jobs import free_port, read_trace
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_tsa_run"
 RUN_FIXTURE_DIR = Path(os.environ.get("TSA_LEGACY_RUN_FIXTURES", DEFAULT_DIR))

@@ -540,7 +540,7 @@ CATALOGUE: list[Case] = [
          "training stopped by SIGTERM while writing the artifacts; the model folder keeps what it held",
          inject=sigterm_at("tsa.artifacts.write_serving")),
     Case("sigterm_while_publishing", 1, trained_job(), STOPPED, "the move was completed: the model folder holds the "
-         "new complete set", model=NEW, inject=sigterm_at("tsa.artifacts._complete_publish")),
+         "new complete set", model=NEW, inject=sigterm_at("tsa.artifacts.ModelFolder._complete_publish")),
     Case("sigkill_moving_old_set_out_then_rerun", 1, killed_moving_the_old_set_out(hp(dropout="2")), 2,
          "'dropout' = '2'"),
     Case("sigkill_moving_new_set_in_then_rerun", 1, killed_moving_the_new_set_in(hp(dropout="2")), 2,

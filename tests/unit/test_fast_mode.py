@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from tests.conftest import load_example
-from tests.equivalence.fixtures import cases, load
+from tests.equivalence.fixtures import cases, load, model_config_from_legacy_kwargs
 from tests.inputs import MODEL_TYPES
 from tests.jobs import TINY, make_job, metrics, run_job
 from tsa.config import JobConfig
 from tsa.contract import ResourceConfig
 from tsa.data import model_inputs, to_batch
 from tsa.data.synth import generate
-from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs
+from tsa.legacy import load_legacy_state_dict
 from tsa.models import build_model
 from tsa.models.losses import select_loss
 from tsa.training.plan import RunPlan, plan_run

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.equivalence.fixtures import cases, load
+from tests.equivalence.fixtures import cases, load, model_config_from_legacy_kwargs
 from tests.inputs import MODEL_TYPES
 from tsa.errors import CheckpointError
-from tsa.legacy import load_legacy_state_dict, model_config_from_legacy_kwargs, unwrap_legacy_checkpoint
+from tsa.legacy import load_legacy_state_dict, unwrap_legacy_checkpoint
 from tsa.models import build_model
 from tsa.weights import alias_groups
 

@@ -294,7 +294,7 @@ def test_evaluation_order_is_the_legacy_sampler_order_unless_fixed(tmp_path: Pat
     """Default: validation in torch's DistributedSampler order (seed 0 + epoch); the Q24 fix: row order."""
     from torch.utils.data import DistributedSampler
 
-    from tsa.training.trace import read_trace
+    from tests.jobs import read_trace
 
     hp = {**TINY, "use_moe": "1", "num_experts": "3", "batch_size": "48", "trace": "true"}
     legacy = make_job(tmp_path / "legacy", hp)

@@ -108,8 +108,3 @@ class RunTrace:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-
-
-def read_trace(path: Path) -> list[dict[str, Any]]:
-    """The records of one rank's trace file."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
