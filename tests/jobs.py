@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -256,6 +257,26 @@ def run_job(root: Path, env: dict[str, str] | None = None, timeout: int = 300) -
 def read_trace(path: Path) -> list[dict[str, Any]]:
     """The records of one rank's run trace (`runtime.trace`: one JSON object a line)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def stopped_job(env: dict[str, str], prefix: str, signals: tuple[int, ...] = (signal.SIGTERM,),
+                timeout: int = 120) -> tuple[int, str, float]:
+    """`tsa train` with `env`, sent `signals` (0.3 s apart) once a line of its output starts with `prefix`.
+
+    Returns its exit code, its output after that line, and the seconds from the first signal to its exit.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            for number, signum in enumerate(signals):
+                time.sleep(0.3 * number)  # a second signal lands while the job stops (or shuts down)
+                proc.send_signal(signum)
+            break
+    started = time.monotonic()
+    rest = proc.communicate(timeout=timeout)[0]
+    return proc.returncode, rest, time.monotonic() - started
 
 
 def metrics(root: Path) -> dict[str, Any]:

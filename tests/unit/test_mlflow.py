@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.jobs import QUICK, TINY, free_port, fresh_environment, make_job, metrics
+from tests.jobs import QUICK, TINY, free_port, fresh_environment, make_job, metrics, stopped_job
 from tsa.config import JobConfig
 
 pytestmark = pytest.mark.slow
@@ -120,15 +119,8 @@ def test_a_stopped_job_resumes_its_run(tmp_path: Path, data: Path, monkeypatch: 
     uri = (tmp_path / "mlruns").as_uri()
     env = untracked_environment(MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true", SAGEMAKER_BASE_DIR=str(root),
                                 PYTHONUNBUFFERED="1", TRAINING_JOB_NAME=JOB_NAME)
-    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("METRIC step=14;"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, output[-3000:]
+    code, output, _ = stopped_job(env, "METRIC step=14;")
+    assert code == 143, output[-3000:]
     stopped = only_run(uri, "tsa-training")
     assert stopped.info.status == "KILLED"
     assert (root / "checkpoints/mlflow-run.json").is_file()

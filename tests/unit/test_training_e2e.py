@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from tests.jobs import (
     predictions,
     run_job,
     slowed,
+    stopped_job,
 )
 from tsa.contract import JobPaths
 from tsa.data.convert import read_npy_arrays
@@ -219,24 +219,14 @@ def test_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path: Path, uninte
                                                           signals: tuple[int, ...], at_step: int) -> None:
     root = make_job(tmp_path / "stopped", RESUME_HP, data=uninterrupted / "input/data")
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(f"METRIC step={at_step};"):
-            for number, signum in enumerate(signals):
-                time.sleep(0.3 * number)  # a second SIGTERM lands while the job stops (or shuts down)
-                proc.send_signal(signum)
-            break
-    started = time.monotonic()
-    rest = proc.communicate(timeout=120)[0]
+    code, rest, seconds = stopped_job(env, f"METRIC step={at_step};", signals)
     signum = signals[0]
-    assert time.monotonic() - started < 60
+    assert seconds < 60
     checkpoint = root / "checkpoints/last.ckpt"
     assert checkpoint.is_file() and not checkpoint.is_symlink()
     assert not (root / "model/model.safetensors").exists()
     if signum == signal.SIGTERM:
-        assert proc.returncode == 143, rest[-3000:]
+        assert code == 143, rest[-3000:]
         assert (root / "output/failure").read_text().startswith("training stopped by SIGTERM")
 
     resumed = run_job(root)
@@ -263,15 +253,8 @@ def test_two_ranks_stopped_in_validation_resume_exactly(tmp_path: Path) -> None:
     root = make_job(tmp_path / "stopped", RESUME_HP_TWO_RANKS, data=reference / "input/data")
     env = {**fresh_environment(), "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1",
            "MASTER_PORT": str(free_port()), **slowed("tsa.training.evaluation:EvaluationPass.add=0.5@12")}
-    proc = subprocess.Popen([sys.executable, "-m", "tsa", "train"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("SLOW-UNIT"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, rest[-3000:]
+    code, rest, _ = stopped_job(env, "SLOW-UNIT")
+    assert code == 143, rest[-3000:]
     assert (root / "output/failure").read_text().startswith(
         "training stopped by SIGTERM (stop, timeout or spot interruption) during the validation of epoch 1; "
         "checkpoint saved to")
