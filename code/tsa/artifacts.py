@@ -172,9 +172,6 @@ class ModelFolder:
         self.previous = path / PREVIOUS
         self.publishing = path / PUBLISHING
 
-    def __str__(self) -> str:
-        return str(self.path)
-
     def _published_entries(self) -> list[Path]:
         """What the model folder shows (everything but the publish's own working entries)."""
         return sorted(item for item in self.path.iterdir() if item.name not in WORKING)

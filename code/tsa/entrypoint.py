@@ -164,8 +164,8 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
 
     Returns the final metrics per split on global rank 0 (empty elsewhere).
     """
-    if not is_launched_worker():
-        recover_model_folder(paths)
+    if not is_launched_worker():  # before anything else: a complete set, whatever an earlier attempt left
+        ModelFolder(paths.model_dir).recover()
     raw = load_hyperparameters(paths) if hyperparameters is None else dict(hyperparameters)
     check_built_in_distribution(raw)
     config = JobConfig.from_hyperparameters(raw)
@@ -177,7 +177,8 @@ def train_job(paths: JobPaths, hyperparameters: Mapping[str, Any] | None = None)
         return {}
     channels = read_channels(paths)
     plan = plan_run(config.runtime, resources)
-    checkpoints = CheckpointFolder(*choose_checkpoint_dir(paths, config.runtime.checkpoint_dir))
+    checkpoints = CheckpointFolder(*choose_checkpoint_dir(paths, config.runtime.checkpoint_dir),
+                                   ignored=config.runtime.ignore_checkpoint)
     if is_launched_worker():  # the ranks Lightning starts inherit the launcher's checks and agreement
         host_shards = inherited_shards()
     else:
@@ -302,8 +303,3 @@ def write_success(paths: JobPaths) -> None:
         paths.success_file.write_text("", encoding="utf-8")
     except OSError as exc:
         log.warning("cannot write %s (%s)", paths.success_file, exc.strerror or exc)
-
-
-def recover_model_folder(paths: JobPaths) -> None:
-    """Before anything else: the model folder as a complete set, whatever an earlier attempt left."""
-    ModelFolder(paths.model_dir).recover()

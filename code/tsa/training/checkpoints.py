@@ -19,9 +19,7 @@ from pathlib import Path
 class CheckpointFolder:
     path: Path
     source: str  # where the choice came from, for the log and the messages
-
-    def __str__(self) -> str:
-        return str(self.path)
+    ignored: bool = False  # `ignore_checkpoint`: the job trains from the start over what the folder holds
 
     @property
     def last(self) -> Path:
@@ -37,8 +35,8 @@ class CheckpointFolder:
 
     @property
     def resuming(self) -> bool:
-        """Whether a job started now resumes (a `last.ckpt` is there; `ignore_checkpoint` aside)."""
-        return self.last.is_file()
+        """Whether a job started now resumes: a `last.ckpt` is there, and not ignored."""
+        return self.last.is_file() and not self.ignored
 
     def resume_files(self) -> list[Path]:
         """The files a resume reads, which every host of a multi-host job must agree on."""

@@ -156,7 +156,7 @@ def fit(config: JobConfig, channels: dict[str, Channel], plan: RunPlan, checkpoi
         callbacks.append(TrackedEpochs(tracker))
     trainer = build_trainer(config.train.max_epoch, plan, callbacks, work_dir, tensorboard_dir, tracker)
     last = checkpoints.last
-    resume = last.is_file() and not config.runtime.ignore_checkpoint
+    resume = checkpoints.resuming
     if resume:
         check_resumable(last, config, datamodule.row_counts())
         log.info("resuming from %s", last)
