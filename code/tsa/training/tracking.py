@@ -242,9 +242,9 @@ def _earlier_run(run_file: Path, uri: str, experiment: str) -> str | None:
     return run_id if isinstance(run_id, str) and run_id else None
 
 
-def _keep_run(run_file: Path, tracker: TrackingLogger) -> None:
+def _keep_run(run_file: Path, uri: str, experiment: str, run_id: str | None) -> None:
     """`run_file` names the job's run (written whole: a temporary file, then a rename)."""
-    record = {"tracking_uri": tracker._tracking_uri, "experiment": tracker._experiment_name, "run_id": tracker.version}
+    record = {"tracking_uri": uri, "experiment": experiment, "run_id": run_id}
     tmp = run_file.with_name(f".{run_file.name}.tmp")
     try:
         tmp.write_text(json.dumps(record), encoding="utf-8")
@@ -276,5 +276,5 @@ def open_tracking(runtime: RuntimeConfig, params: Mapping[str, Any],
         tracker.resume(params)
     if tracker.disabled:
         return None  # Lightning reads `experiment` itself: a logger with no run stays out
-    _keep_run(run_file, tracker)
+    _keep_run(run_file, uri, runtime.mlflow_experiment_name, tracker.version)
     return tracker
