@@ -279,6 +279,27 @@ def stopped_job(env: dict[str, str], prefix: str, signals: tuple[int, ...] = (si
     return proc.returncode, rest, time.monotonic() - started
 
 
+def only_run(uri: str, experiment: str) -> Any:
+    """The one MLflow run of `experiment` at `uri` (asserted to be the only one)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} at {uri}"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1, [run.info.run_name for run in runs]
+    return runs[0]
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """The URL of a port on 127.0.0.1 that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
 def metrics(root: Path) -> dict[str, Any]:
     return json.loads((root / "model/metrics.json").read_text())
 

@@ -46,6 +46,7 @@ from tests.jobs import (
     make_job,
     metrics,
     moto_s3,
+    only_run,
     predictions,
     probes,
     run_job,
@@ -443,17 +444,13 @@ def test_m_the_images_mlflow_skinny_tracks_a_job_through_lightnings_logger(tmp_p
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     store = job / "output/data/mlruns"
     client = MlflowClient(store.as_uri())
-    experiment = client.get_experiment_by_name("tsa-training")
-    assert experiment is not None, f"no experiment 'tsa-training' in {store}: {log[-2000:]}"
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1, [run.info.run_name for run in runs]
-    run = runs[0]
+    run = only_run(store.as_uri(), "tsa-training")
     assert run.info.run_name == MLFLOW_JOB_NAME and run.info.status == "FINISHED"
     assert f"MLflow run {run.info.run_id} ({MLFLOW_JOB_NAME}) of experiment 'tsa-training'" in proc.stdout
     written = metrics(job)
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "validation_auc")]
     assert sorted(history) == [(epoch["epoch"], epoch["validation_auc"]) for epoch in written["epochs"]]
     assert len(history) == 1  # QUICK: one epoch
-    relative = f"{experiment.experiment_id}/{run.info.run_id}/artifacts"
+    relative = f"{run.info.experiment_id}/{run.info.run_id}/artifacts"
     assert run.info.artifact_uri == f"file:///opt/ml/output/data/mlruns/{relative}"
     assert json.loads((store / relative / "metrics.json").read_text()) == written

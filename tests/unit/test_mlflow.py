@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,20 @@ import urllib.request
 from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.jobs import QUICK, TINY, free_port, fresh_environment, make_job, metrics, stopped_job
+from tests.jobs import (
+    QUICK,
+    TINY,
+    free_port,
+    fresh_environment,
+    make_job,
+    metrics,
+    only_run,
+    silent_server,
+    stopped_job,
+)
 from tsa.config import JobConfig
 
 pytestmark = pytest.mark.slow
@@ -45,18 +53,6 @@ def run_tracked(root: Path, uri: str, **env: str) -> subprocess.CompletedProcess
 def expected_params(hyperparameters: dict[str, str]) -> dict[str, str]:
     resolved = JobConfig.from_hyperparameters(hyperparameters).resolved()
     return {f"{section}/{key}": str(value) for section, values in resolved.items() for key, value in values.items()}
-
-
-def only_run(uri: str, experiment: str) -> Any:
-    """The one run of `experiment` at `uri` (asserted to be the only one)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, f"no experiment {experiment!r} at {uri}"
-    runs = client.search_runs([found.experiment_id])
-    assert len(runs) == 1, [run.info.run_name for run in runs]
-    return runs[0]
 
 
 def check_run(uri: str, experiment: str, root: Path, hyperparameters: dict[str, str], run_name: str,
@@ -251,10 +247,8 @@ def test_closed_port_costs_a_bounded_delay_and_changes_nothing(tmp_path: Path, d
 def test_server_that_never_answers_costs_a_bounded_delay(tmp_path: Path, data: Path,
                                                          untracked: tuple[Path, float]) -> None:
     root = make_job(tmp_path / "job", QUICK, data=data)
-    with socket.socket() as listener:  # accepts connections (the kernel's backlog) and never answers a request
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        assert_untracked_outcome(root, f"http://127.0.0.1:{listener.getsockname()[1]}", "silent server", untracked)
+    with silent_server() as uri:
+        assert_untracked_outcome(root, uri, "silent server", untracked)
 
 
 @pytest.mark.xdist_group("mlflow-down")
@@ -271,10 +265,7 @@ def test_an_artifact_store_that_never_answers_costs_the_upload_deadline(tmp_path
     uri = (tmp_path / "mlruns").as_uri()
     MlflowClient(uri).create_experiment("tsa-s3", artifact_location="s3://tsa-bucket/mlflow")
     root = make_job(tmp_path / "job", {**QUICK, "mlflow_experiment_name": "tsa-s3"}, data=data)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with silent_server() as endpoint:
         proc = run_tracked(root, uri, MLFLOW_ALLOW_FILE_STORE="true", MLFLOW_S3_ENDPOINT_URL=endpoint,
                            AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -32,7 +32,6 @@ from tsa.training.system import TsaSystem
 log = logging.getLogger("tsa.training")
 
 
-
 def _rng_state() -> dict[str, Any]:
     """Every global RNG, in types `torch.load(weights_only=True)` accepts."""
     name, keys, position, has_gauss, gauss = np.random.get_state()

@@ -43,8 +43,6 @@ log = logging.getLogger("tsa.training")
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)  # nodes may start minutes apart
 
 
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
